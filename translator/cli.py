@@ -1,0 +1,327 @@
+"""Command line: ``translator {prepare,train,translate,evaluate,download}``.
+
+The only module that reads argv, writes to stdout/stderr and chooses exit codes.
+Bad input (files, config, flags) -> one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from translator import __version__
+from translator.errors import UserError
+
+log = logging.getLogger("translator")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other bad input
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _common(p: argparse.ArgumentParser, config: bool = True) -> None:
+    if config:
+        p.add_argument("config", help="YAML config file (see configs/)")
+        p.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--data-root", metavar="DIR",
+                   help="corpus root (default: $TRANSLATOR_DATA_ROOT, else ./data)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="translator", description=(
+        "Neural machine translation: SentencePiece + BiLSTM encoder + attention decoder."))
+    parser.add_argument("--version", action="version", version=f"translator {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings on stderr")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("prepare", help="clean/split the corpus and train the tokenizer")
+    _common(p)
+
+    p = sub.add_parser("train", help="train a model (prepares the run dir if needed; resumes)")
+    _common(p)
+
+    p = sub.add_parser("translate", help="translate sentences with a trained run dir")
+    p.add_argument("run_dir")
+    p.add_argument("text", nargs="*", help="sentences (else --input, else stdin)")
+    p.add_argument("--input", "-i", metavar="FILE")
+    p.add_argument("--output", "-o", metavar="FILE")
+    _decode_flags(p)
+    p.add_argument("--n-best", type=int, default=1, metavar="N",
+                   help="N hypotheses per line, tab-separated, best first")
+    p.add_argument("--attention-plot", metavar="PNG",
+                   help="heatmap of the first sentence's attention")
+
+    p = sub.add_parser("evaluate", help="translate a test split and score it (JSON)")
+    p.add_argument("run_dir")
+    p.add_argument("--split", default="test", choices=["test", "dev"])
+    p.add_argument("--src", metavar="FILE", help="source file (with --ref) instead of --split")
+    p.add_argument("--ref", metavar="FILE", help="reference file (with --src)")
+    p.add_argument("--output", "-o", metavar="HYP",
+                   help="where to write hypotheses (default RUN_DIR/eval/<split>.hyp)")
+    _decode_flags(p)
+
+    p = sub.add_parser("download", help="fetch a public corpus (needs internet)")
+    p.add_argument("name", help="spa-eng or multi30k")
+    p.add_argument("--dest", metavar="DIR", help="default: the data root")
+    _common(p, config=False)
+    return parser
+
+
+def _decode_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beam-size", type=int, metavar="K", help="1 = greedy (default: config)")
+    p.add_argument("--length-penalty", type=float, metavar="A", help="GNMT alpha")
+    p.add_argument("--batch-size", type=int, metavar="B", help="sentences per batch")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@contextmanager
+def _status(enabled: bool):
+    """A spinner on stderr for slow steps; yields ``step(message)``."""
+    if not enabled:
+        yield lambda msg: log.info(msg)
+        return
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    with console.status("starting") as status:
+        def step(msg: str) -> None:
+            log.info(msg)
+            status.update(msg)
+        yield step
+
+
+def _read_text_lines(path: str | None) -> list[str]:
+    """Lines of a file (or stdin when path is None), keeping empty lines."""
+    if path is None:
+        data = sys.stdin.buffer.read()
+        name = "<stdin>"
+    else:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        name = path
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out = []
+    for number, raw in enumerate(lines, start=1):
+        try:
+            out.append(raw.decode("utf-8").lstrip("\ufeff").rstrip("\r"))
+        except UnicodeDecodeError:
+            raise UserError(f"{name}:{number}: invalid UTF-8; convert the file to UTF-8") from None
+    return out
+
+
+def _write_lines(path: str | None, lines: list[str]) -> None:
+    if path is None:
+        sys.stdout.write("".join(line + "\n" for line in lines))
+        sys.stdout.flush()
+        return
+    from translator.fileio import write_lines_atomic
+
+    write_lines_atomic(Path(path), lines)
+
+
+def _check_decode_flags(args) -> None:
+    for flag, value, low in (("--beam-size", args.beam_size, 1), ("--batch-size", args.batch_size, 1),
+                             ("--n-best", getattr(args, "n_best", 1), 1)):
+        if value is not None and value < low:
+            raise UserError(f"{flag} must be >= {low}, got {value}")
+    if args.length_penalty is not None and args.length_penalty < 0:
+        raise UserError(f"--length-penalty must be >= 0, got {args.length_penalty}")
+
+
+def _progress(total: int, enabled: bool):
+    """A progress bar on stderr; returns (context manager, advance function)."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    if not enabled:
+        @contextmanager
+        def nothing():
+            yield
+        return nothing(), lambda n: None
+    progress = Progress(console=Console(stderr=True), transient=True)
+    task = progress.add_task("translating", total=total)
+    return progress, lambda n: progress.advance(task, n)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_prepare(args) -> int:
+    from translator.config import load_config
+    from translator.corpus import resolve_data_root
+    from translator.prepare import prepare
+
+    cfg = load_config(args.config, args.overrides)
+    root = resolve_data_root(args.data_root)
+    log.info("config:\n%s", _dump(cfg))
+    started = time.perf_counter()
+    with _status(sys.stderr.isatty()) as step:
+        stats = prepare(cfg, root, step)
+    stats["seconds"] = round(time.perf_counter() - started, 1)
+    print(_stats_table(stats, cfg.run_dir))
+    return 0
+
+
+def _dump(cfg) -> str:
+    from translator.config import dump_config
+
+    return dump_config(cfg).rstrip()
+
+
+def _stats_table(stats: dict, run_dir: str) -> str:
+    rows = [("pairs read", stats["pairs_read"])]
+    if stats["pairs_not_used_max_pairs"]:
+        rows.append(("not used (data.max_pairs)", stats["pairs_not_used_max_pairs"]))
+    for rule, n in stats["dropped"].items():
+        rows.append((f"dropped: {rule}", n))
+    for name, n in stats["split_off"].items():
+        rows.append((f"split off for {name}", n))
+    for name, n in stats["pairs"].items():
+        rows.append((f"{name} pairs", n))
+    rows.append(("train pairs over train.max_len subwords", stats["train_over_max_len_subwords"]))
+    v = stats["vocab_size"]
+    rows.append(("vocab (src / tgt)", f"{v['src']} / {v['tgt']}" + (" joint" if stats["joint_vocab"] else "")))
+    m = stats["mean_subwords"]
+    rows.append(("mean subwords (src / tgt)", f"{m['src']} / {m['tgt']}"))
+    if "dev_unk_rate_percent" in stats:
+        u = stats["dev_unk_rate_percent"]
+        rows.append(("dev unk rate % (src / tgt)", f"{u['src']} / {u['tgt']}"))
+    rows.append(("seconds", stats["seconds"]))
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {v:>12,}" if isinstance(v, int) else f"{k:<{width}}  {v!s:>12}"
+             for k, v in rows]
+    return "\n".join([f"prepared {run_dir}", *lines])
+
+
+def cmd_train(args) -> int:
+    from translator.config import load_config
+    from translator.corpus import resolve_data_root
+
+    cfg = load_config(args.config, args.overrides)
+    root = resolve_data_root(args.data_root)
+    log.info("config:\n%s", _dump(cfg))
+    from translator.training import train
+
+    with _status(False) as step:
+        summary = train(cfg, root, report=lambda msg: log.info(msg),
+                        verbose="auto" if sys.stdout.isatty() else 2, step=step)
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_translate(args) -> int:
+    _check_decode_flags(args)
+    if args.text:
+        texts = list(args.text)
+    else:
+        if args.input is None and sys.stdin.isatty():
+            raise UserError("translate: give sentences as arguments, --input FILE, or pipe stdin")
+        texts = _read_text_lines(args.input)
+    from translator.translator import Translator
+
+    t = Translator.load(args.run_dir)
+    show = args.input is not None and sys.stderr.isatty()
+    bar, advance = _progress(len(texts), show)
+    with bar:
+        results = t.translate(texts, beam_size=args.beam_size, length_penalty=args.length_penalty,
+                              n_best=args.n_best, batch_size=args.batch_size,
+                              return_attention=bool(args.attention_plot), on_batch=advance)
+    lines = ["\t".join(h.text for h in r.n_best) if args.n_best > 1 and r.n_best else r.text
+             for r in results]
+    _write_lines(args.output, lines)
+    if args.attention_plot:
+        first = next((r for r in results if r.attention is not None), None)
+        if first is None:
+            raise UserError("--attention-plot: no non-empty sentence to plot")
+        from translator.plotting import plot_attention
+
+        plot_attention(first.attention, first.source_pieces,
+                       first.n_best[0].pieces + ["</s>"], Path(args.attention_plot))
+        log.info("attention plot written to %s", args.attention_plot)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    _check_decode_flags(args)
+    if (args.src is None) != (args.ref is None):
+        raise UserError("evaluate: --src and --ref go together")
+    run_dir = Path(args.run_dir)
+    if args.src is not None:
+        src, ref, name = _read_text_lines(args.src), _read_text_lines(args.ref), Path(args.src).name
+        if len(src) != len(ref):
+            raise UserError(f"{args.src} has {len(src)} lines but {args.ref} has {len(ref)}; "
+                            "source and reference must align")
+    else:
+        from translator.prepare import RunPaths, read_prepared_split
+
+        pairs = read_prepared_split(RunPaths(run_dir), args.split)
+        if pairs is None:
+            raise UserError(f"{run_dir}: has no {args.split} split; use --src F --ref F")
+        src, ref, name = pairs.src, pairs.tgt, args.split
+    from translator.metrics import score_all
+    from translator.translator import Translator
+
+    t = Translator.load(run_dir)
+    beam = args.beam_size or t.decode.beam_size
+    alpha = t.decode.length_penalty if args.length_penalty is None else args.length_penalty
+    bar, advance = _progress(len(src), sys.stderr.isatty())
+    started = time.perf_counter()
+    with bar:
+        results = t.translate(src, beam_size=beam, length_penalty=alpha,
+                              batch_size=args.batch_size, on_batch=advance)
+    seconds = time.perf_counter() - started
+    hyps = [r.text for r in results]
+    out = Path(args.output) if args.output else run_dir / "eval" / f"{name}.hyp"
+    _write_lines(str(out), hyps)
+    scores = score_all(hyps, ref)
+    scores.update({"split": name, "beam_size": beam, "length_penalty": alpha,
+                   "translate_seconds": round(seconds, 1), "hypotheses": str(out)})
+    print(json.dumps(scores))
+    return 0
+
+
+def cmd_download(args) -> int:
+    from translator.corpus import resolve_data_root
+    from translator.download import download
+
+    dest = Path(args.dest) if args.dest else resolve_data_root(args.data_root)
+    with _status(sys.stderr.isatty()) as step:
+        files = download(args.name, dest, step=step)
+    print(json.dumps({"dataset": args.name, "dest": str(dest), "files": [str(f) for f in files]}))
+    return 0
+
+
+COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "translate": cmd_translate,
+            "evaluate": cmd_evaluate, "download": cmd_download}
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                            stream=sys.stderr, format="%(message)s")
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"translator: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("translator: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+

@@ -1,0 +1,258 @@
+"""Read parallel text, clean it with counted rules, and split it without source leakage.
+
+Pure Python: no TensorFlow. Every line that is dropped is counted under the rule that
+dropped it, and every unreadable input raises :class:`CorpusError` naming file and line.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from translator.config import DataConfig
+from translator.errors import UserError
+from translator.fileio import write_lines_atomic
+
+DATA_ROOT_ENV = "TRANSLATOR_DATA_ROOT"
+DEFAULT_DATA_ROOT = "./data"
+_SPACES = re.compile(r"\s+")
+
+#: Cleaning rules in the order they are applied; each one's drop count is reported.
+CLEANING_RULES = ("empty", "too_long", "ratio", "duplicate")
+
+
+class CorpusError(UserError):
+    """A corpus file is missing, unreadable or inconsistent."""
+
+
+@dataclass
+class Pairs:
+    """Parallel sentences: ``src[i]`` translates to ``tgt[i]``."""
+
+    src: list[str]
+    tgt: list[str]
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+
+@dataclass
+class CorpusReport:
+    """What happened to the training data, for the statistics table."""
+
+    read: int = 0
+    not_used: int = 0  # beyond data.max_pairs
+    dropped: Counter = field(default_factory=Counter)
+    kept: int = 0
+    split_off: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Corpus:
+    train: Pairs
+    dev: Pairs | None
+    test: Pairs | None
+    report: CorpusReport
+
+
+def resolve_data_root(cli_value: str | None = None) -> Path:
+    """``--data-root`` if given, else ``$TRANSLATOR_DATA_ROOT``, else ``./data``."""
+    return Path(cli_value or os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT)
+
+
+def normalize(line: str) -> str:
+    """Strip a BOM, line ends and surrounding whitespace; fold internal runs of spaces."""
+    return _SPACES.sub(" ", line.replace("\ufeff", "")).strip()
+
+
+def _existing(path: Path) -> Path:
+    if path.is_file():
+        return path
+    gz = path.with_name(path.name + ".gz")
+    if gz.is_file():
+        return gz
+    raise CorpusError(f"{path}: file not found (also looked for {gz.name}); check the data root")
+
+
+def read_lines(path: Path) -> list[str]:
+    """Read a UTF-8 text file (``.gz`` transparently) into normalized lines.
+
+    Splits on ``\\n`` only, so that stray ``\\r`` or Unicode line separators inside a
+    sentence never shift the alignment between two files.
+    """
+    try:
+        raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise CorpusError(f"{path}: cannot read ({exc})") from None
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out = []
+    for number, data in enumerate(lines, start=1):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CorpusError(
+                f"{path}:{number}: invalid UTF-8 at byte {exc.start}; "
+                "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+            ) from None
+        out.append(text)
+    return out
+
+
+def read_aligned(src_path: Path, tgt_path: Path) -> Pairs:
+    """Two files with one sentence per line, line *i* of each being a pair."""
+    src_path, tgt_path = _existing(src_path), _existing(tgt_path)
+    src, tgt = read_lines(src_path), read_lines(tgt_path)
+    if len(src) != len(tgt):
+        raise CorpusError(
+            f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}; "
+            "aligned files must have the same number of lines"
+        )
+    return Pairs([normalize(s) for s in src], [normalize(t) for t in tgt])
+
+
+def read_tsv(path: Path, src_column: int, tgt_column: int) -> Pairs:
+    """Tab-separated pairs (Tatoeba/Anki style: ``src<TAB>tgt[<TAB>more]``)."""
+    path = _existing(path)
+    need = max(src_column, tgt_column) + 1
+    src, tgt = [], []
+    for number, line in enumerate(read_lines(path), start=1):
+        cols = line.rstrip("\r").split("\t")
+        if len(cols) < need:
+            if not line.strip():  # a blank line is an empty pair, counted by clean()
+                src.append("")
+                tgt.append("")
+                continue
+            raise CorpusError(
+                f"{path}:{number}: expected at least {need} tab-separated columns, found "
+                f"{len(cols)}; check data.format, data.src_column and data.tgt_column"
+            )
+        src.append(normalize(cols[src_column]))
+        tgt.append(normalize(cols[tgt_column]))
+    return Pairs(src, tgt)
+
+
+def read_split(cfg: DataConfig, root: Path, name: str) -> Pairs:
+    """Read the split whose path is ``cfg.<name>`` (train / dev / test)."""
+    rel = getattr(cfg, name)
+    base = root / rel
+    if cfg.format == "tsv":
+        return read_tsv(base, cfg.src_column, cfg.tgt_column)
+    return read_aligned(
+        base.with_name(f"{base.name}.{cfg.src_lang}"),
+        base.with_name(f"{base.name}.{cfg.tgt_lang}"),
+    )
+
+
+def clean(pairs: Pairs, cfg: DataConfig) -> tuple[Pairs, Counter]:
+    """Apply the cleaning rules in order; return kept pairs and drops per rule."""
+    dropped: Counter = Counter({rule: 0 for rule in CLEANING_RULES})
+    seen: set[tuple[str, str]] = set()
+    src_out, tgt_out = [], []
+    for s, t in zip(pairs.src, pairs.tgt, strict=True):
+        if not s or not t:
+            dropped["empty"] += 1
+            continue
+        ns, nt = len(s.split()), len(t.split())
+        if ns > cfg.max_words or nt > cfg.max_words:
+            dropped["too_long"] += 1
+            continue
+        longer, shorter = max(ns, nt), min(ns, nt)
+        if longer > cfg.min_ratio_words and longer > cfg.max_ratio * shorter:
+            dropped["ratio"] += 1
+            continue
+        if cfg.dedup:
+            key = (s, t)
+            if key in seen:
+                dropped["duplicate"] += 1
+                continue
+            seen.add(key)
+        src_out.append(s)
+        tgt_out.append(t)
+    return Pairs(src_out, tgt_out), dropped
+
+
+def _group_key(sentence: str, seed: int) -> str:
+    return hashlib.sha256(f"{seed}\t{sentence}".encode()).hexdigest()
+
+
+def split_by_source(
+    pairs: Pairs, dev_size: int, test_size: int, seed: int
+) -> tuple[Pairs, Pairs, Pairs]:
+    """Deterministic train/dev/test split grouped by source sentence.
+
+    All pairs that share a source sentence land in the same split, so no dev or test
+    source sentence is ever seen in training. Groups are ordered by a seeded hash;
+    test takes groups until it has ``test_size`` pairs, then dev, the rest is train.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(pairs.src):
+        groups.setdefault(s, []).append(i)
+    order = sorted(groups, key=lambda s: _group_key(s, seed))
+    parts: list[list[int]] = [[], [], []]  # test, dev, train
+    targets = [test_size, dev_size]
+    part = 0
+    for s in order:
+        while part < 2 and len(parts[part]) >= targets[part]:
+            part += 1
+        parts[part].extend(groups[s])
+
+    def take(idx: Iterable[int]) -> Pairs:
+        idx = sorted(idx)
+        return Pairs([pairs.src[i] for i in idx], [pairs.tgt[i] for i in idx])
+
+    test, dev, train = (take(p) for p in parts)
+    return train, dev, test
+
+
+def load_corpus(cfg: DataConfig, root: Path) -> Corpus:
+    """Read, limit, clean and (if needed) split the configured corpus."""
+    report = CorpusReport()
+    train = read_split(cfg, root, "train")
+    report.read = len(train)
+    if cfg.max_pairs is not None and len(train) > cfg.max_pairs:
+        report.not_used = len(train) - cfg.max_pairs
+        train = Pairs(train.src[: cfg.max_pairs], train.tgt[: cfg.max_pairs])
+    train, report.dropped = clean(train, cfg)
+    if not len(train):
+        raise CorpusError(
+            f"{root / cfg.train}: no usable sentence pairs after cleaning "
+            f"(read {report.read}, dropped {dict(report.dropped)}); check the file and data.* limits"
+        )
+    dev = read_split(cfg, root, "dev") if cfg.dev else None
+    test = read_split(cfg, root, "test") if cfg.test else None
+    need_dev = dev is None and cfg.dev_size > 0
+    need_test = test is None and cfg.test_size > 0
+    if need_dev or need_test:
+        train, split_dev, split_test = split_by_source(
+            train,
+            cfg.dev_size if need_dev else 0,
+            cfg.test_size if need_test else 0,
+            cfg.split_seed,
+        )
+        if need_dev:
+            dev = split_dev
+            report.split_off["dev"] = len(split_dev)
+        if need_test:
+            test = split_test
+            report.split_off["test"] = len(split_test)
+        if not len(train):
+            raise CorpusError(
+                f"{root / cfg.train}: nothing left for training after splitting off dev/test; "
+                "lower data.dev_size / data.test_size"
+            )
+    report.kept = len(train)
+    return Corpus(train=train, dev=dev, test=test, report=report)
+
+
+def write_pairs(pairs: Pairs, src_path: Path, tgt_path: Path) -> None:
+    """Write aligned files atomically (temp file + rename)."""
+    for path, lines in ((src_path, pairs.src), (tgt_path, pairs.tgt)):
+        write_lines_atomic(path, lines)

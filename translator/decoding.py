@@ -1,0 +1,222 @@
+"""Greedy and beam search over a step function, as ``tf.while_loop`` graphs.
+
+Model-agnostic: the searches only call
+
+    step_fn(tokens (batch,), state) -> (logits (batch, vocab), state, attention (batch, src_len))
+
+where ``state`` is any nest of tensors whose first dimension is the batch. Beam search
+flattens beams into the batch (``batch * beam``), takes ``top_k`` over
+``beam * vocab`` candidates, reorders the state with ``tf.gather``, starts with beam
+scores ``[0, -inf, ...]`` so the first step is not duplicated, ranks with the GNMT
+length penalty ``lp(|Y|) = ((5 + |Y|) / 6) ** alpha`` and keeps finished hypotheses
+frozen (they extend only with EOS at no cost) until every beam has finished.
+
+Wrap a search in ``tf.function`` (see ``translator.Translator``) to compile it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import tensorflow as tf
+
+StepFn = Callable[[tf.Tensor, Any], tuple[tf.Tensor, Any, tf.Tensor]]
+
+NEG_INF = -1e9
+
+
+@dataclass
+class SearchResult:
+    """``tokens`` ``(batch, n_best, max_len)`` without BOS/EOS, 0-padded;
+    ``lengths`` ``(batch, n_best)``; ``scores`` ``(batch, n_best)`` (log-probability,
+    divided by the length penalty for beam search); ``attention``
+    ``(batch, n_best, max_len, src_len)`` or None."""
+
+    tokens: tf.Tensor
+    lengths: tf.Tensor
+    scores: tf.Tensor
+    attention: tf.Tensor | None
+
+
+def length_penalty(lengths: tf.Tensor, alpha: float) -> tf.Tensor:
+    """GNMT length penalty ``((5 + length) / 6) ** alpha``."""
+    return tf.pow((5.0 + tf.cast(lengths, tf.float32)) / 6.0, alpha)
+
+
+def max_lengths(source_lengths: tf.Tensor, ratio: float, extra: int) -> tf.Tensor:
+    """Per-sentence output limit ``floor(ratio * source_length) + extra``."""
+    return tf.cast(tf.floor(ratio * tf.cast(source_lengths, tf.float32)), tf.int32) + extra
+
+
+def _log_probs(logits: tf.Tensor) -> tf.Tensor:
+    return tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
+
+
+def _attn_shape(attention: tf.Tensor) -> tf.TensorShape:
+    return tf.TensorShape([None]).concatenate(attention.shape[1:])
+
+
+def greedy_search(
+    step_fn: StepFn,
+    state: Any,
+    max_len: tf.Tensor,
+    bos_id: int,
+    eos_id: int,
+    return_attention: bool = False,
+) -> SearchResult:
+    """Pick the most likely token at each step.
+
+    Args:
+        state: initial decoder state for ``batch`` sentences.
+        max_len: ``(batch,)`` int32, most tokens a hypothesis may have before EOS.
+    """
+    batch = tf.shape(max_len)[0]
+    limit = tf.reduce_max(max_len)
+    tokens = tf.fill([batch], bos_id)
+    out_tokens = tf.TensorArray(tf.int32, size=0, dynamic_size=True)
+    out_attn = tf.TensorArray(tf.float32, size=0, dynamic_size=True)
+    finished = tf.zeros([batch], tf.bool)
+    scores = tf.zeros([batch], tf.float32)
+    lengths = tf.zeros([batch], tf.int32)
+
+    def cond(t, tokens, state, finished, *_):
+        return tf.logical_and(t <= limit, tf.logical_not(tf.reduce_all(finished)))
+
+    def body(t, tokens, state, finished, scores, lengths, out_tokens, out_attn):
+        logits, state, attention = step_fn(tokens, state)
+        logp = _log_probs(logits)
+        at_limit = t >= max_len
+        vocab = tf.shape(logp)[1]
+        eos_only = tf.where(tf.range(vocab) == eos_id, 0.0, NEG_INF)[tf.newaxis]
+        logp = tf.where(at_limit[:, tf.newaxis], eos_only, logp)
+        next_tokens = tf.argmax(logp, axis=-1, output_type=tf.int32)
+        step_score = tf.gather(logp, next_tokens, batch_dims=1)
+        scores += tf.where(finished, 0.0, step_score)
+        is_eos = tf.equal(next_tokens, eos_id)
+        lengths += tf.cast(tf.logical_not(tf.logical_or(finished, is_eos)), tf.int32)
+        emitted = tf.where(tf.logical_or(finished, is_eos), 0, next_tokens)
+        out_tokens = out_tokens.write(t, emitted)
+        if return_attention:
+            out_attn = out_attn.write(t, tf.cast(attention, tf.float32))
+        finished = tf.logical_or(finished, is_eos)
+        return t + 1, next_tokens, state, finished, scores, lengths, out_tokens, out_attn
+
+    loop = tf.while_loop(
+        cond, body,
+        (tf.constant(0), tokens, state, finished, scores, lengths, out_tokens, out_attn),
+    )
+    _, _, _, _, scores, lengths, out_tokens, out_attn = loop
+    tokens = tf.transpose(out_tokens.stack(), (1, 0))  # (batch, steps)
+    attention = None
+    if return_attention:
+        attention = tf.transpose(out_attn.stack(), (1, 0, 2))[:, tf.newaxis]
+    return SearchResult(tokens[:, tf.newaxis], lengths[:, tf.newaxis], scores[:, tf.newaxis],
+                        attention)
+
+
+def _tile(x: tf.Tensor, beam: int) -> tf.Tensor:
+    """``(batch, ...)`` -> ``(batch * beam, ...)``, each entry repeated ``beam`` times."""
+    return tf.repeat(x, beam, axis=0)
+
+
+def beam_search(
+    step_fn: StepFn,
+    state: Any,
+    max_len: tf.Tensor,
+    bos_id: int,
+    eos_id: int,
+    beam_size: int,
+    alpha: float = 0.0,
+    n_best: int = 1,
+    return_attention: bool = False,
+) -> SearchResult:
+    """Beam search with GNMT length penalty ``alpha``; returns the ``n_best`` best
+    hypotheses per sentence, sorted by score (best first)."""
+    if not 1 <= n_best <= beam_size:
+        raise ValueError(f"n_best must be in [1, beam_size={beam_size}], got {n_best}")
+    k = beam_size
+    batch = tf.shape(max_len)[0]
+    limit = tf.reduce_max(max_len)
+    state = tf.nest.map_structure(lambda x: _tile(x, k), state)
+    beam_max = tf.reshape(_tile(max_len, k), [batch, k])
+    log_probs = tf.tile(tf.constant([[0.0] + [NEG_INF] * (k - 1)]), [batch, 1])
+    finished = tf.zeros([batch, k], tf.bool)
+    lengths = tf.zeros([batch, k], tf.int32)
+    seqs = tf.zeros([batch, k, 0], tf.int32)
+    tokens = tf.fill([batch * k], bos_id)
+    src_len = None
+    attn = None
+    if return_attention:
+        _, _, probe = step_fn(tokens, state)  # only to learn the source length
+        src_len = tf.shape(probe)[1]
+        attn = tf.zeros([batch, k, 0, src_len], tf.float32)
+    offsets = (tf.range(batch) * k)[:, tf.newaxis]
+
+    def cond(t, tokens, state, log_probs, finished, *_):
+        return tf.logical_and(t <= limit, tf.logical_not(tf.reduce_all(finished)))
+
+    def body(t, tokens, state, log_probs, finished, lengths, seqs, attn):
+        logits, state, attention = step_fn(tokens, state)
+        logp = tf.reshape(_log_probs(logits), [batch, k, -1])
+        vocab = tf.shape(logp)[2]
+        eos_only = tf.where(tf.range(vocab) == eos_id, 0.0, NEG_INF)
+        # finished beams and beams at their length limit may only emit EOS
+        force = tf.logical_or(finished, t >= beam_max)
+        logp = tf.where(force[:, :, tf.newaxis], eos_only[tf.newaxis, tf.newaxis], logp)
+        total = log_probs[:, :, tf.newaxis] + logp  # (batch, k, vocab)
+        grow = tf.ones([batch, k, vocab], tf.int32) * tf.cast(
+            tf.logical_not(finished), tf.int32)[:, :, tf.newaxis]
+        is_eos_tok = tf.equal(tf.range(vocab), eos_id)[tf.newaxis, tf.newaxis]
+        new_len = lengths[:, :, tf.newaxis] + tf.where(is_eos_tok, 0, grow)
+        ranked = total / length_penalty(new_len, alpha)
+        top_scores, top_idx = tf.math.top_k(tf.reshape(ranked, [batch, -1]), k=k)
+        del top_scores
+        parent = top_idx // vocab
+        token = top_idx % vocab
+        flat = tf.reshape(parent + offsets, [-1])
+        log_probs = tf.gather(tf.reshape(total, [batch, -1]), top_idx, batch_dims=1)
+        lengths = tf.gather(tf.reshape(new_len, [batch, -1]), top_idx, batch_dims=1)
+        was_finished = tf.gather(finished, parent, batch_dims=1)
+        finished = tf.logical_or(was_finished, tf.equal(token, eos_id))
+        emitted = tf.where(finished, 0, token)
+        seqs = tf.concat([tf.gather(seqs, parent, batch_dims=1), emitted[:, :, tf.newaxis]], 2)
+        state = tf.nest.map_structure(lambda x: tf.gather(x, flat), state)
+        if return_attention:
+            a = tf.gather(tf.reshape(tf.cast(attention, tf.float32), [batch, k, -1]), parent,
+                          batch_dims=1)
+            attn = tf.concat([tf.gather(attn, parent, batch_dims=1), a[:, :, tf.newaxis]], 2)
+        return t + 1, tf.reshape(token, [-1]), state, log_probs, finished, lengths, seqs, attn
+
+    invariants = None
+    loop_vars = (tf.constant(0), tokens, state, log_probs, finished, lengths, seqs, attn)
+    if return_attention:
+        invariants = (
+            tf.TensorShape([]), tokens.shape, tf.nest.map_structure(lambda x: x.shape, state),
+            log_probs.shape, finished.shape, lengths.shape, tf.TensorShape([None, k, None]),
+            tf.TensorShape([None, k, None, None]),
+        )
+    else:
+        loop_vars = loop_vars[:-1]
+        invariants = (
+            tf.TensorShape([]), tokens.shape, tf.nest.map_structure(lambda x: x.shape, state),
+            log_probs.shape, finished.shape, lengths.shape, tf.TensorShape([None, k, None]),
+        )
+
+    def body_wrapped(*args):
+        if return_attention:
+            return body(*args)
+        return body(*args, None)[:-1]
+
+    out = tf.while_loop(cond, body_wrapped, loop_vars, shape_invariants=invariants)
+    log_probs, finished, lengths, seqs = out[3], out[4], out[5], out[6]
+    scores = log_probs / length_penalty(lengths, alpha)
+    order = tf.argsort(scores, axis=1, direction="DESCENDING", stable=True)[:, :n_best]
+    attention = tf.gather(out[7], order, batch_dims=1) if return_attention else None
+    return SearchResult(
+        tf.gather(seqs, order, batch_dims=1),
+        tf.gather(lengths, order, batch_dims=1),
+        tf.gather(scores, order, batch_dims=1),
+        attention,
+    )

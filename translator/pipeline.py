@@ -1,0 +1,130 @@
+"""tf.data input pipeline: in-graph SentencePiece tokenization, BOS/EOS, length
+bucketing with a token-based batch size, seeded shuffling and prefetch.
+
+Each element is ``({"source_ids": (batch, src_len), "target_in": (batch, tgt_len)},
+target_out (batch, tgt_len), sample_weight (batch, tgt_len))`` with int32 ids,
+``target_in = [BOS] + y``, ``target_out = y + [EOS]`` and ``sample_weight = 1.0`` on
+real target tokens, ``0.0`` on padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+from translator.corpus import Pairs
+from translator.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizers
+
+
+def source_length(n_subwords: int) -> int:
+    """Length of an encoded source: subwords + EOS."""
+    return n_subwords + 1
+
+
+def filter_by_length(
+    pairs: Pairs, tokenizers: Tokenizers, max_len: int
+) -> tuple[Pairs, int, int]:
+    """Drop pairs whose source or target has more than ``max_len`` subwords.
+
+    Returns the kept pairs, the number dropped and the number of target tokens
+    (subwords + EOS) that remain, for throughput figures.
+    """
+    src_ids = tokenizers.src.encode(pairs.src)
+    tgt_ids = tokenizers.tgt.encode(pairs.tgt)
+    keep_src, keep_tgt, tokens = [], [], 0
+    for s, t, si, ti in zip(pairs.src, pairs.tgt, src_ids, tgt_ids, strict=True):
+        if len(si) <= max_len and len(ti) <= max_len:
+            keep_src.append(s)
+            keep_tgt.append(t)
+            tokens += len(ti) + 1
+    return Pairs(keep_src, keep_tgt), len(pairs) - len(keep_src), tokens
+
+
+def bucket_boundaries(max_len: int) -> list[int]:
+    """Upper bounds (exclusive) of the length buckets, finer for short sentences.
+
+    The last boundary is above the longest possible element (``max_len + 1``).
+    """
+    bounds, b = [], 4
+    while b <= max_len + 1:
+        bounds.append(b)
+        b += max(1, b // 8) if b >= 16 else 2
+    bounds.append(max_len + 2)
+    return sorted(set(bounds))
+
+
+def bucket_batch_sizes(boundaries: Sequence[int], batch_tokens: int) -> list[int]:
+    """Sentences per batch for each bucket so that ``batch * longest <= batch_tokens``.
+
+    A bucket ``[b_prev, b)`` holds elements of length at most ``b - 1``. The extra
+    last bucket (``>= boundaries[-1]``) can never be filled and gets size 1.
+    """
+    return [max(1, batch_tokens // (b - 1)) for b in boundaries] + [1]
+
+
+def _encode(tokenizers: Tokenizers, max_len: int):
+    src_tok = tokenizers.src.tf_tokenizer()
+    tgt_tok = src_tok if tokenizers.joint else tokenizers.tgt.tf_tokenizer()
+
+    def encode(src: tf.Tensor, tgt: tf.Tensor):
+        s = src_tok.tokenize(src)[:, :max_len]
+        t = tgt_tok.tokenize(tgt)[:, :max_len]
+        n = s.nrows()
+        eos = tf.fill([n, 1], EOS_ID)
+        bos = tf.fill([n, 1], BOS_ID)
+        source = tf.concat([s, eos], axis=1)
+        target_in = tf.concat([bos, t], axis=1)
+        target_out = tf.concat([t, eos], axis=1)
+        return source, target_in, target_out
+
+    return encode
+
+
+def _to_model_inputs(source, target_in, target_out):
+    weight = tf.cast(tf.not_equal(target_out, PAD_ID), tf.float32)
+    return {"source_ids": source, "target_in": target_in}, target_out, weight
+
+
+def make_dataset(
+    pairs: Pairs,
+    tokenizers: Tokenizers,
+    *,
+    max_len: int,
+    batch_tokens: int,
+    shuffle: bool,
+    seed: int = 0,
+    shuffle_buffer: int = 200_000,
+    bucketing: bool = True,
+    fixed_batch_size: int = 64,
+    pad_to_bucket_boundary: bool = False,
+) -> tf.data.Dataset:
+    """Batches for training or evaluation from already length-filtered ``pairs``.
+
+    With ``bucketing`` the batch size is token-based (``batch_tokens``); otherwise
+    ``fixed_batch_size`` sentences padded to the longest one (the TF tutorial's way).
+    Tokenized sentences are cached in memory, so tokenization runs once.
+    """
+    ds = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(pairs.src, tf.string), tf.constant(pairs.tgt, tf.string))
+    )
+    ds = ds.batch(2048).map(_encode(tokenizers, max_len)).unbatch()
+    # unbatched rows are rank-0 ragged tensors; an identity map makes them dense
+    ds = ds.map(lambda s, ti, to: (s, ti, to)).cache()
+    if shuffle:
+        ds = ds.shuffle(min(shuffle_buffer, max(1, len(pairs))), seed=seed,
+                        reshuffle_each_iteration=True)
+    if bucketing:
+        bounds = bucket_boundaries(max_len)
+        ds = ds.bucket_by_sequence_length(
+            element_length_func=lambda s, ti, to: tf.maximum(tf.shape(s)[0], tf.shape(ti)[0]),
+            bucket_boundaries=bounds,
+            bucket_batch_sizes=bucket_batch_sizes(bounds, batch_tokens),
+            pad_to_bucket_boundary=pad_to_bucket_boundary,
+            padding_values=(PAD_ID, PAD_ID, PAD_ID),
+        )
+    else:
+        ds = ds.padded_batch(fixed_batch_size, padding_values=(PAD_ID, PAD_ID, PAD_ID))
+    return ds.map(_to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        tf.data.AUTOTUNE
+    )

@@ -1,0 +1,170 @@
+"""``prepare``: read, clean and split the corpus, train the tokenizer, fill the run dir.
+
+The run dir then holds ``config.yaml``, ``corpus/{train,dev,test}.{src,tgt}``, the
+SentencePiece model(s) and ``prepare.json`` (the statistics). No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from translator.config import Config, config_to_dict, dump_config
+from translator.corpus import CLEANING_RULES, CorpusError, Pairs, load_corpus, read_lines
+from translator.errors import UserError
+from translator.fileio import write_json_atomic, write_lines_atomic, write_text_atomic
+from translator.tokenizer import UNK_ID, Tokenizers, train_tokenizers
+
+log = logging.getLogger(__name__)
+
+CORPUS_DIR = "corpus"
+CONFIG_FILE = "config.yaml"
+STATS_FILE = "prepare.json"
+SPLITS = ("train", "dev", "test")
+
+Step = Callable[[str], None]
+
+
+@dataclass
+class RunPaths:
+    """Where everything lives inside a run directory."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def stats(self) -> Path:
+        return self.root / STATS_FILE
+
+    def split(self, name: str) -> tuple[Path, Path]:
+        return (self.root / CORPUS_DIR / f"{name}.src", self.root / CORPUS_DIR / f"{name}.tgt")
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def is_prepared(self) -> bool:
+        return (
+            self.config.is_file()
+            and self.stats.is_file()
+            and Tokenizers.exists(self.root)
+            and all(p.is_file() for p in self.split("train"))
+        )
+
+
+def read_prepared_split(paths: RunPaths, name: str) -> Pairs | None:
+    """A split written by ``prepare``, or None when the run has no such split."""
+    src, tgt = paths.split(name)
+    if not src.is_file():
+        return None
+    return Pairs(read_lines(src), read_lines(tgt))
+
+
+def _mean_len(ids: list[list[int]]) -> float:
+    return round(sum(map(len, ids)) / max(1, len(ids)), 2)
+
+
+def _unk_rate(ids: list[list[int]]) -> float:
+    total = sum(map(len, ids))
+    unk = sum(seq.count(UNK_ID) for seq in ids)
+    return round(100.0 * unk / max(1, total), 3)
+
+
+def check_same_setup(paths: RunPaths, cfg: Config) -> None:
+    """Refuse to mix a run dir with a config whose data/tokenizer/model differ."""
+    import yaml
+
+    old = yaml.safe_load(paths.config.read_text(encoding="utf-8")) or {}
+    new = config_to_dict(cfg)
+    for section in ("data", "tokenizer", "model"):
+        if old.get(section) != new[section]:
+            changed = sorted(
+                k for k in new[section]
+                if (old.get(section) or {}).get(k) != new[section][k]
+            )
+            raise UserError(
+                f"{paths.config}: the run dir was prepared with different {section} settings "
+                f"({', '.join(f'{section}.{k}' for k in changed)}); "
+                "use a new run_dir or the same config"
+            )
+
+
+def prepare(cfg: Config, data_root: Path, step: Step = lambda name: None) -> dict[str, Any]:
+    """Prepare ``cfg.run_dir`` from the corpus under ``data_root``; return statistics."""
+    paths = RunPaths(Path(cfg.run_dir))
+    if paths.checkpoints.exists() and any(paths.checkpoints.iterdir()):
+        raise UserError(
+            f"{paths.root}: has checkpoints already; re-preparing would change its tokenizer. "
+            "Use a new run_dir (--set run_dir=...)"
+        )
+    step("reading and cleaning the corpus")
+    corpus = load_corpus(cfg.data, data_root)
+    step("training the SentencePiece tokenizer")
+    tokenizers = train_tokenizers(corpus.train.src, corpus.train.tgt, cfg.tokenizer)
+    step("writing the run dir")
+    tokenizers.save(paths.root)
+    for name, pairs in (("train", corpus.train), ("dev", corpus.dev), ("test", corpus.test)):
+        if pairs is None:
+            continue
+        src_path, tgt_path = paths.split(name)
+        write_lines_atomic(src_path, pairs.src)
+        write_lines_atomic(tgt_path, pairs.tgt)
+    step("computing statistics")
+    report = corpus.report
+    stats: dict[str, Any] = {
+        "data_root": str(data_root),
+        "pairs_read": report.read,
+        "pairs_not_used_max_pairs": report.not_used,
+        "dropped": {rule: report.dropped.get(rule, 0) for rule in CLEANING_RULES},
+        "split_off": report.split_off,
+        "pairs": {
+            name: (len(p) if p is not None else 0)
+            for name, p in (("train", corpus.train), ("dev", corpus.dev), ("test", corpus.test))
+        },
+        "vocab_size": {"src": tokenizers.src.vocab_size, "tgt": tokenizers.tgt.vocab_size},
+        "joint_vocab": tokenizers.joint,
+    }
+    train_src = tokenizers.src.encode(corpus.train.src)
+    train_tgt = tokenizers.tgt.encode(corpus.train.tgt)
+    stats["mean_subwords"] = {"src": _mean_len(train_src), "tgt": _mean_len(train_tgt)}
+    too_long = sum(
+        1 for s, t in zip(train_src, train_tgt, strict=True)
+        if len(s) > cfg.train.max_len or len(t) > cfg.train.max_len
+    )
+    stats["train_over_max_len_subwords"] = too_long
+    if corpus.dev is not None and len(corpus.dev):
+        stats["dev_unk_rate_percent"] = {
+            "src": _unk_rate(tokenizers.src.encode(corpus.dev.src)),
+            "tgt": _unk_rate(tokenizers.tgt.encode(corpus.dev.tgt)),
+        }
+    write_json_atomic(paths.stats, stats)
+    write_text_atomic(paths.config, dump_config(cfg))
+    return stats
+
+
+def ensure_prepared(cfg: Config, data_root: Path, step: Step = lambda name: None) -> RunPaths:
+    """Prepare the run dir unless it already is (then check it matches ``cfg``)."""
+    paths = RunPaths(Path(cfg.run_dir))
+    if paths.is_prepared():
+        check_same_setup(paths, cfg)
+        return paths
+    if not data_root.is_dir():
+        raise CorpusError(
+            f"{data_root}: data root not found; pass --data-root DIR or set TRANSLATOR_DATA_ROOT"
+        )
+    prepare(cfg, data_root, step)
+    return paths

@@ -1,0 +1,290 @@
+"""``train``: Keras ``fit`` with label-smoothed masked cross-entropy, Adam with warmup
+and decay, gradient clipping, dev BLEU every epoch, best/last checkpoints, early
+stopping on dev BLEU, TerminateOnNaN, TensorBoard scalars and ``metrics.jsonl``.
+
+Resume: every epoch writes ``checkpoints/epoch-N.keras`` (model + optimizer state)
+atomically, then ``checkpoints/state.json`` pointing at it. Re-running the same
+command loads that checkpoint and continues at epoch N + 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from translator.config import Config, TrainConfig, dump_config
+from translator.corpus import Pairs
+from translator.fileio import write_json_atomic, write_text_atomic
+from translator.metrics import bleu
+from translator.model import Seq2Seq, build_model
+from translator.pipeline import filter_by_length, make_dataset
+from translator.prepare import RunPaths, ensure_prepared, read_prepared_split
+from translator.tokenizer import Tokenizers
+from translator.translator import BEST_WEIGHTS, Translator
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+
+
+# ----------------------------------------------------------------------------- loss, LR
+
+
+@keras.saving.register_keras_serializable(package="translator")
+class SmoothedCrossEntropy(keras.losses.Loss):
+    """Cross-entropy from logits with label smoothing, averaged over the tokens whose
+    ``sample_weight`` is non-zero (padding has weight 0)."""
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "smoothed_cross_entropy",
+                 reduction: str = "mean_with_sample_weight", **kwargs):
+        super().__init__(name=name, reduction=reduction, **kwargs)
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        logp = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)
+        y_true = ops.cast(y_true, "int32")
+        nll = -ops.squeeze(ops.take_along_axis(logp, ops.expand_dims(y_true, -1), axis=-1), -1)
+        if self.label_smoothing == 0:
+            return nll
+        uniform = -ops.mean(logp, axis=-1)
+        return (1.0 - self.label_smoothing) * nll + self.label_smoothing * uniform
+
+    def get_config(self):
+        config = super().get_config()
+        config["label_smoothing"] = self.label_smoothing
+        return config
+
+
+@keras.saving.register_keras_serializable(package="translator")
+class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup to ``peak`` over ``warmup_steps``, then ``kind``:
+    ``constant``, ``inverse_sqrt`` (``peak * sqrt(warmup / step)``) or
+    ``linear_decay`` (to ``minimum`` over ``decay_steps``). Never below ``minimum``."""
+
+    def __init__(self, peak: float, warmup_steps: int, kind: str = "constant",
+                 decay_steps: int = 10000, minimum: float = 0.0):
+        self.peak = peak
+        self.warmup_steps = warmup_steps
+        self.kind = kind
+        self.decay_steps = decay_steps
+        self.minimum = minimum
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32") + 1.0
+        warm = float(max(1, self.warmup_steps))
+        lr = self.peak * ops.minimum(1.0, step / warm)
+        if self.kind == "inverse_sqrt":
+            lr = ops.where(step > warm, self.peak * ops.sqrt(warm / step), lr)
+        elif self.kind == "linear_decay":
+            frac = ops.clip((step - warm) / float(self.decay_steps), 0.0, 1.0)
+            lr = ops.where(step > warm, self.peak + (self.minimum - self.peak) * frac, lr)
+        return ops.maximum(lr, self.minimum)
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "kind": self.kind,
+                "decay_steps": self.decay_steps, "minimum": self.minimum}
+
+
+def compile_model(model: Seq2Seq, cfg: TrainConfig) -> None:
+    schedule = WarmupSchedule(cfg.learning_rate, cfg.warmup_steps, cfg.lr_schedule,
+                              cfg.decay_steps, cfg.min_learning_rate)
+    optimizer = keras.optimizers.Adam(
+        learning_rate=schedule, global_clipnorm=cfg.clip_norm if cfg.clip_norm > 0 else None
+    )
+    model.compile(
+        optimizer=optimizer,
+        loss=SmoothedCrossEntropy(cfg.label_smoothing),
+        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc")],
+        jit_compile=cfg.jit_compile,
+    )
+
+
+# ----------------------------------------------------------------------------- callback
+
+
+class EpochEnd(keras.callbacks.Callback):
+    """Dev BLEU, checkpoints, early stopping, metrics.jsonl and TensorBoard scalars."""
+
+    def __init__(self, paths: RunPaths, cfg: Config, translator: Translator, dev: Pairs | None,
+                 target_tokens: int, state: dict[str, Any], report: Callable[[str], None]):
+        super().__init__()
+        self.paths = paths
+        self.cfg = cfg
+        self.translator = translator
+        self.dev = dev
+        self.target_tokens = target_tokens
+        self.state = state
+        self.report = report
+        self.writer = tf.summary.create_file_writer(str(paths.logs))
+        self._start = self._train_end = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+        self._train_end = 0.0
+
+    def on_test_begin(self, logs=None):
+        if not self._train_end:
+            self._train_end = time.perf_counter()
+
+    def dev_bleu(self) -> float | None:
+        if self.dev is None or not len(self.dev):
+            return None
+        n = self.cfg.train.dev_bleu_sentences or len(self.dev)
+        hyps = self.translator.translate(self.dev.src[:n], beam_size=1)
+        return round(bleu([h.text for h in hyps], self.dev.tgt[:n]), 2)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        train_seconds = (self._train_end or time.perf_counter()) - self._start
+        dev_bleu = self.dev_bleu()
+        seconds = time.perf_counter() - self._start
+        number = epoch + 1
+        lr = float(keras.ops.convert_to_numpy(
+            self.model.optimizer.learning_rate))
+        record = {
+            "epoch": number,
+            "loss": round(float(logs.get("loss", math.nan)), 4),
+            "acc": round(float(logs.get("acc", math.nan)), 4),
+            "dev_loss": round(float(logs["val_loss"]), 4) if "val_loss" in logs else None,
+            "dev_bleu": dev_bleu,
+            "learning_rate": lr,
+            "seconds": round(seconds, 1),
+            "train_seconds": round(train_seconds, 1),
+            "tgt_tokens_per_sec": round(self.target_tokens / max(train_seconds, 1e-9), 1),
+            "optimizer_steps": int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)),
+        }
+        st = self.state
+        improved = dev_bleu is not None and dev_bleu > st.get("best_bleu", -1.0)
+        if improved or dev_bleu is None:
+            save_weights_atomic(self.model, self.paths.checkpoints / BEST_WEIGHTS)
+            st["best_bleu"] = dev_bleu if dev_bleu is not None else st.get("best_bleu", -1.0)
+            st["best_epoch"] = number
+            st["bad_epochs"] = 0
+        else:
+            st["bad_epochs"] = st.get("bad_epochs", 0) + 1
+        record["best_dev_bleu"] = st.get("best_bleu")
+        # metrics first: a resume truncates lines past the checkpoint's epoch
+        with open(self.paths.metrics, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        ckpt = self.paths.checkpoints / f"epoch-{number}.keras"
+        save_model_atomic(self.model, ckpt)
+        previous = st.get("last")
+        st.update({"epoch": number, "last": ckpt.name,
+                   "optimizer_steps": record["optimizer_steps"],
+                   "train_wall_seconds": round(st.get("train_wall_seconds", 0.0) + seconds, 1)})
+        write_json_atomic(self.paths.checkpoints / STATE_FILE, st)
+        if previous and previous != ckpt.name:
+            (self.paths.checkpoints / previous).unlink(missing_ok=True)
+        with self.writer.as_default(step=number):
+            for key in ("loss", "dev_loss", "dev_bleu", "learning_rate", "tgt_tokens_per_sec"):
+                if record[key] is not None:
+                    tf.summary.scalar(key, record[key])
+            self.writer.flush()
+        self.report(json.dumps(record))
+        if st["bad_epochs"] >= self.cfg.train.patience:
+            self.report(f"early stopping: no dev BLEU gain for {st['bad_epochs']} epochs "
+                        f"(best {st['best_bleu']} at epoch {st['best_epoch']})")
+            self.model.stop_training = True
+        if not math.isfinite(record["loss"]):
+            self.model.stop_training = True
+
+
+def save_model_atomic(model: keras.Model, path: Path) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")  # Keras wants the .keras suffix
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def save_weights_atomic(model: keras.Model, path: Path) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")  # ends with .weights.h5 as Keras requires
+    model.save_weights(tmp)
+    os.replace(tmp, path)
+
+
+def _truncate_metrics(path: Path, epoch: int) -> None:
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line)["epoch"] <= epoch]
+    write_text_atomic(path, "".join(line + "\n" for line in keep))
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def train(
+    cfg: Config,
+    data_root: Path,
+    report: Callable[[str], None] = log.info,
+    verbose: int | str = "auto",
+    step: Callable[[str], None] = lambda msg: None,
+) -> dict[str, Any]:
+    """Train ``cfg`` (preparing the run dir first if needed); returns a summary."""
+    paths = ensure_prepared(cfg, data_root, step)
+    write_text_atomic(paths.config, dump_config(cfg))
+    tc = cfg.train
+    keras.utils.set_random_seed(tc.seed)
+    if tc.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    tokenizers = Tokenizers.load(paths.root)
+    train_pairs, dropped, target_tokens = filter_by_length(
+        read_prepared_split(paths, "train"), tokenizers, tc.max_len)
+    if dropped:
+        report(f"train: {dropped} pairs longer than train.max_len={tc.max_len} subwords skipped")
+    dev = read_prepared_split(paths, "dev")
+    dev_ds = None
+    if dev is not None and len(dev):
+        dev_loss_pairs, dev_dropped, _ = filter_by_length(dev, tokenizers, tc.max_len)
+        if dev_dropped:
+            report(f"dev loss: {dev_dropped} pairs longer than {tc.max_len} subwords left out "
+                   "(dev BLEU uses all)")
+        dev_ds = make_dataset(dev_loss_pairs, tokenizers, max_len=tc.max_len,
+                              batch_tokens=tc.batch_tokens, shuffle=False,
+                              pad_to_bucket_boundary=tc.jit_compile)
+    train_ds = make_dataset(
+        train_pairs, tokenizers, max_len=tc.max_len, batch_tokens=tc.batch_tokens,
+        shuffle=True, seed=tc.seed, shuffle_buffer=tc.shuffle_buffer, bucketing=tc.bucketing,
+        fixed_batch_size=tc.fixed_batch_size, pad_to_bucket_boundary=tc.jit_compile,
+    )
+    paths.checkpoints.mkdir(parents=True, exist_ok=True)
+    state_path = paths.checkpoints / STATE_FILE
+    state: dict[str, Any] = {}
+    if state_path.is_file():
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    initial_epoch = int(state.get("epoch", 0))
+    if initial_epoch:
+        model = keras.saving.load_model(paths.checkpoints / state["last"])
+        if model.jit_compile != tc.jit_compile:
+            model.jit_compile = tc.jit_compile
+        _truncate_metrics(paths.metrics, initial_epoch)
+        report(f"resuming from {state['last']} (epoch {initial_epoch}, "
+               f"optimizer step {int(model.optimizer.iterations.numpy())})")
+    else:
+        model = build_model(cfg.model, tokenizers.src.vocab_size, tokenizers.tgt.vocab_size)
+        compile_model(model, tc)
+        if paths.metrics.exists():
+            paths.metrics.unlink()
+    report(f"model: {model.count_params():,} parameters; "
+           f"train pairs {len(train_pairs):,}, dev pairs {len(dev) if dev else 0:,}")
+    if initial_epoch >= tc.epochs or state.get("bad_epochs", 0) >= tc.patience:
+        report(f"nothing to do: finished at epoch {initial_epoch} "
+               f"(best dev BLEU {state.get('best_bleu')} at epoch {state.get('best_epoch')})")
+    else:
+        translator = Translator(model, tokenizers, cfg.decode)
+        callback = EpochEnd(paths, cfg, translator, dev, target_tokens, state, report)
+        model.fit(train_ds, validation_data=dev_ds, epochs=tc.epochs,
+                  initial_epoch=initial_epoch, callbacks=[keras.callbacks.TerminateOnNaN(),
+                                                          callback], verbose=verbose)
+    return {"run_dir": str(paths.root), "parameters": model.count_params(), **state}

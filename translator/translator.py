@@ -1,0 +1,157 @@
+"""The ``Translator`` facade: a model + tokenizers + compiled searches.
+
+    from translator import Translator
+    t = Translator.load("runs/spa-eng")
+    t.translate(["¿Dónde está la biblioteca?"], beam_size=5)[0].text
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from translator.config import Config, DecodeConfig, load_config
+from translator.decoding import beam_search, greedy_search, max_lengths
+from translator.errors import UserError
+from translator.model import Seq2Seq, build_model
+from translator.prepare import RunPaths
+from translator.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizers
+
+BEST_WEIGHTS = "best.weights.h5"
+
+
+@dataclass
+class Hypothesis:
+    text: str
+    score: float
+    pieces: list[str]
+
+
+@dataclass
+class Translation:
+    """One translated sentence: best ``text`` and ``score``; ``n_best`` hypotheses
+    (best first); ``attention`` ``(target_pieces + EOS, source_pieces + EOS)`` when asked."""
+
+    text: str
+    score: float
+    n_best: list[Hypothesis] = field(default_factory=list)
+    source_pieces: list[str] = field(default_factory=list)
+    attention: np.ndarray | None = None
+
+
+class Translator:
+    """Translate raw sentences with a trained :class:`Seq2Seq`."""
+
+    def __init__(self, model: Seq2Seq, tokenizers: Tokenizers, decode: DecodeConfig | None = None):
+        self.model = model
+        self.tokenizers = tokenizers
+        self.decode = decode or DecodeConfig()
+        self._searches: dict[tuple, Callable] = {}
+
+    @classmethod
+    def load(cls, run_dir: str | Path, weights: str | Path | None = None) -> Translator:
+        """Load from a run dir: ``config.yaml``, tokenizer and the best weights."""
+        paths = RunPaths(Path(run_dir))
+        if not paths.config.is_file():
+            raise UserError(f"{run_dir}: not a run dir (no config.yaml); train one first")
+        cfg: Config = load_config(paths.config)
+        tokenizers = Tokenizers.load(paths.root)
+        model = build_model(cfg.model, tokenizers.src.vocab_size, tokenizers.tgt.vocab_size)
+        weights = Path(weights) if weights else paths.checkpoints / BEST_WEIGHTS
+        if not weights.is_file():
+            raise UserError(f"{weights}: no trained weights; run `translator train` first")
+        model.load_weights(weights)
+        return cls(model, tokenizers, cfg.decode)
+
+    # ------------------------------------------------------------------ compiled searches
+
+    def _search(self, beam_size: int, alpha: float, n_best: int, attention: bool) -> Callable:
+        key = (beam_size, float(alpha), n_best, attention)
+        if key not in self._searches:
+            ratio, extra = self.decode.max_ratio, self.decode.max_extra
+
+            @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)],
+                         reduce_retracing=True)
+            def search(source_ids):
+                state = self.model.encode(source_ids)
+                src_len = tf.reduce_sum(tf.cast(tf.not_equal(source_ids, PAD_ID), tf.int32), 1)
+                limit = max_lengths(src_len, ratio, extra)
+                if beam_size == 1:
+                    r = greedy_search(self.model.step, state, limit, BOS_ID, EOS_ID, attention)
+                else:
+                    r = beam_search(self.model.step, state, limit, BOS_ID, EOS_ID, beam_size,
+                                    alpha, n_best, attention)
+                out = {"tokens": r.tokens, "lengths": r.lengths, "scores": r.scores}
+                if attention:
+                    out["attention"] = r.attention
+                return out
+
+            self._searches[key] = search
+        return self._searches[key]
+
+    def encode_sources(self, texts: Sequence[str]) -> list[list[int]]:
+        return [ids + [EOS_ID] for ids in self.tokenizers.src.encode(texts)]
+
+    # ------------------------------------------------------------------ public API
+
+    def translate(
+        self,
+        texts: Sequence[str],
+        beam_size: int | None = None,
+        length_penalty: float | None = None,
+        n_best: int = 1,
+        batch_size: int | None = None,
+        return_attention: bool = False,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[Translation]:
+        """Translate ``texts``; one :class:`Translation` per input, in input order.
+
+        Sentences are sorted by length into batches and put back in order; an empty
+        (or all-whitespace) input gives an empty translation. ``on_batch(n)`` is called
+        after each batch of ``n`` sentences (for progress bars).
+        """
+        beam_size = self.decode.beam_size if beam_size is None else beam_size
+        alpha = self.decode.length_penalty if length_penalty is None else length_penalty
+        batch_size = batch_size or self.decode.batch_size
+        if n_best > beam_size:
+            raise UserError(f"--n-best {n_best} is larger than --beam-size {beam_size}")
+        results: list[Translation | None] = [None] * len(texts)
+        todo = [i for i, t in enumerate(texts) if t.strip()]
+        for i, t in enumerate(texts):
+            if not t.strip():
+                results[i] = Translation(text="", score=0.0)
+        ids = self.encode_sources([texts[i] for i in todo])
+        order = sorted(range(len(todo)), key=lambda j: len(ids[j]))
+        search = self._search(beam_size, alpha, n_best, return_attention)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            width = max(len(ids[j]) for j in chunk)
+            batch = np.zeros((len(chunk), width), np.int32)
+            for row, j in enumerate(chunk):
+                batch[row, : len(ids[j])] = ids[j]
+            out = {k: v.numpy() for k, v in search(tf.constant(batch)).items()}
+            for row, j in enumerate(chunk):
+                results[todo[j]] = self._make(out, row, ids[j], n_best, return_attention)
+            if on_batch is not None:
+                on_batch(len(chunk))
+        return results  # type: ignore[return-value]
+
+    def _make(self, out, row, src_ids, n_best, return_attention) -> Translation:
+        tgt = self.tokenizers.tgt
+        hyps = []
+        for n in range(n_best):
+            toks = out["tokens"][row, n, : out["lengths"][row, n]].tolist()
+            hyps.append(Hypothesis(tgt.decode(toks), float(out["scores"][row, n]),
+                                   [tgt.id_to_piece(t) for t in toks]))
+        best = hyps[0]
+        result = Translation(text=best.text, score=best.score, n_best=hyps)
+        if return_attention:
+            src = self.tokenizers.src
+            result.source_pieces = [src.id_to_piece(t) for t in src_ids]
+            steps = len(best.pieces) + 1  # + EOS
+            result.attention = out["attention"][row, 0, :steps, : len(src_ids)]
+        return result
