@@ -21,7 +21,11 @@ def bleu(hypotheses: Sequence[str], references: Sequence[str], lowercase: bool =
 
 
 def nltk_bleu(hypotheses: Sequence[str], references: Sequence[str], lowercase: bool = True) -> float:
-    """nltk ``corpus_bleu`` (0-100) on the same 13a tokens sacreBLEU uses, unsmoothed."""
+    """nltk ``corpus_bleu`` (0-100) on the same 13a tokens sacreBLEU uses, unsmoothed.
+
+    It agrees with sacreBLEU on ordinary text; on corpora of very short sentences it is
+    lower, because nltk counts a denominator of 1 for n-gram orders a sentence lacks.
+    """
     from nltk.translate.bleu_score import corpus_bleu
 
     tok = Tokenizer13a()

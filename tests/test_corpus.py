@@ -1,0 +1,108 @@
+import gzip
+
+import pytest
+
+from translator.config import DataConfig
+from translator.corpus import (
+    CorpusError,
+    Pairs,
+    clean,
+    load_corpus,
+    read_aligned,
+    read_tsv,
+    resolve_data_root,
+    split_by_source,
+)
+
+
+def test_read_aligned_handles_bom_crlf_whitespace_and_gz(tmp_path):
+    (tmp_path / "a.de").write_bytes("\ufeffEin  Hund.\r\n  Zwei\tKatzen \r\n".encode())
+    with gzip.open(tmp_path / "a.en.gz", "wb") as f:
+        f.write(b"A dog.\nTwo cats.\n")
+    pairs = read_aligned(tmp_path / "a.de", tmp_path / "a.en")  # falls back to .gz
+    assert pairs.src == ["Ein Hund.", "Zwei Katzen"]
+    assert pairs.tgt == ["A dog.", "Two cats."]
+
+
+def test_read_aligned_mismatched_counts_names_both_files(tmp_path):
+    (tmp_path / "a.de").write_text("x\ny\nz\n", encoding="utf-8")
+    (tmp_path / "a.en").write_text("x\ny\n", encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"a\.de has 3 lines but .*a\.en has 2"):
+        read_aligned(tmp_path / "a.de", tmp_path / "a.en")
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+    (tmp_path / "a.de").write_bytes(b"ok\nbad \xff\xfe here\n")
+    (tmp_path / "a.en").write_text("ok\nok\n", encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"a\.de:2: invalid UTF-8"):
+        read_aligned(tmp_path / "a.de", tmp_path / "a.en")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CorpusError, match="file not found"):
+        read_aligned(tmp_path / "no.de", tmp_path / "no.en")
+
+
+def test_read_tsv_columns_and_errors(tmp_path):
+    path = tmp_path / "p.tsv"
+    path.write_text("Go.\tVe.\tCC-BY #1\nHi.\tHola.\tCC-BY #2\n\n", encoding="utf-8")
+    pairs = read_tsv(path, 1, 0)
+    assert pairs.src == ["Ve.", "Hola.", ""]
+    assert pairs.tgt == ["Go.", "Hi.", ""]
+    path.write_text("Go.\tVe.\nbroken line\n", encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"p\.tsv:2: expected at least 2 tab-separated columns, found 1"):
+        read_tsv(path, 0, 1)
+
+
+def test_clean_counts_every_rule():
+    cfg = DataConfig(train="x", max_words=5, max_ratio=2.0, min_ratio_words=2)
+    pairs = Pairs(
+        ["a b", "", "a b c d e f", "a b c d", "a b", "x y"],
+        ["c d", "y", "z", "e", "c d", "z w"],
+    )
+    kept, dropped = clean(pairs, cfg)
+    assert kept.src == ["a b", "x y"]
+    assert dict(dropped) == {"empty": 1, "too_long": 1, "ratio": 1, "duplicate": 1}
+    assert len(kept) + sum(dropped.values()) == len(pairs)
+
+
+def test_split_has_no_source_leakage_and_is_deterministic():
+    src = [f"s{i % 50}" for i in range(300)]  # every source appears 6 times
+    tgt = [f"t{i}" for i in range(300)]
+    train, dev, test = split_by_source(Pairs(src, tgt), dev_size=30, test_size=30, seed=7)
+    assert len(train) + len(dev) + len(test) == 300
+    assert not set(train.src) & set(dev.src)
+    assert not set(train.src) & set(test.src)
+    assert not set(dev.src) & set(test.src)
+    assert len(dev) >= 30 and len(test) >= 30
+    again = split_by_source(Pairs(src, tgt), dev_size=30, test_size=30, seed=7)
+    assert again[2].src == test.src
+
+
+def test_load_corpus_splits_and_reports(tmp_path):
+    from conftest import toy_pairs, write_aligned
+
+    src, tgt = toy_pairs(200)
+    write_aligned(tmp_path / "toy", "train", src + ["", src[0]], tgt + ["y", tgt[0]])
+    cfg = DataConfig(src_lang="xx", tgt_lang="yy", train="toy/train", dev_size=20, test_size=10)
+    corpus = load_corpus(cfg, tmp_path)
+    assert corpus.report.read == 202
+    assert corpus.report.dropped["empty"] == 1 and corpus.report.dropped["duplicate"] == 1
+    assert len(corpus.dev) >= 20 and len(corpus.test) >= 10
+    assert len(corpus.train) + len(corpus.dev) + len(corpus.test) == 200
+    assert corpus.report.kept == len(corpus.train)
+
+
+def test_empty_corpus_is_an_error(tmp_path):
+    (tmp_path / "e.xx").write_text("\n\n", encoding="utf-8")
+    (tmp_path / "e.yy").write_text("\n\n", encoding="utf-8")
+    with pytest.raises(CorpusError, match="no usable sentence pairs"):
+        load_corpus(DataConfig(src_lang="xx", tgt_lang="yy", train="e"), tmp_path)
+
+
+def test_data_root_precedence(monkeypatch, tmp_path):
+    monkeypatch.delenv("TRANSLATOR_DATA_ROOT", raising=False)
+    assert str(resolve_data_root()) == "data"
+    monkeypatch.setenv("TRANSLATOR_DATA_ROOT", str(tmp_path))
+    assert resolve_data_root() == tmp_path
+    assert str(resolve_data_root("/elsewhere")) == "/elsewhere"

@@ -1,0 +1,134 @@
+"""Search tests over scripted step functions with known probabilities."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from translator.decoding import beam_search, greedy_search, length_penalty
+
+PAD, UNK, BOS, EOS, A, B, C = range(7)
+V = 7
+
+
+def table(rows: dict[int, dict[int, float]]) -> np.ndarray:
+    """Transition log-probabilities prev token -> next token."""
+    t = np.full((V, V), 1e-9)
+    for prev, nxt in rows.items():
+        for tok, p in nxt.items():
+            t[prev, tok] = p
+    return np.log(t / t.sum(1, keepdims=True)).astype(np.float32)
+
+
+# Greedy takes A (0.6) but every continuation of A is weak; B EOS has p = 0.4.
+TRAP = table({BOS: {A: 0.6, B: 0.4}, A: {C: 0.34, B: 0.33, EOS: 0.33}, B: {EOS: 1.0},
+              C: {EOS: 1.0}})
+# Never ends by itself.
+ENDLESS = table({BOS: {C: 1.0}, C: {C: 1.0}, A: {C: 1.0}, B: {C: 1.0}, EOS: {C: 1.0}})
+# Ends after A A.
+SHORT = table({BOS: {A: 0.9, B: 0.1}, A: {A: 0.45, EOS: 0.55}, B: {EOS: 1.0}})
+
+
+def scripted(tables: np.ndarray):
+    """step_fn whose logits are tables[sentence][prev token]; state carries both."""
+    tables = tf.constant(tables)
+
+    def step(tokens, state):
+        logits = tf.gather_nd(tables, tf.stack([state["sid"], tokens], 1))
+        attention = tf.one_hot(tf.zeros_like(tokens), 3)
+        return logits, {"sid": state["sid"]}, attention
+
+    return step
+
+
+def run(tables, sids, search, max_len=10, **kw):
+    sids = tf.constant(sids, tf.int32)
+    limit = tf.fill([len(sids)], max_len)
+    if search == "greedy":
+        r = greedy_search(scripted(tables), {"sid": sids}, limit, BOS, EOS, **kw)
+    else:
+        r = beam_search(scripted(tables), {"sid": sids}, limit, BOS, EOS, **kw)
+    return r
+
+
+def seqs(r, n=0):
+    toks, lens = r.tokens.numpy(), r.lengths.numpy()
+    return [toks[b, n, : lens[b, n]].tolist() for b in range(toks.shape[0])]
+
+
+def test_beam_finds_what_greedy_misses():
+    tables = np.stack([TRAP])
+    greedy = run(tables, [0], "greedy")
+    beam = run(tables, [0], "beam", beam_size=2)
+    assert seqs(greedy) == [[A, C]]
+    assert seqs(beam) == [[B]]
+    assert beam.scores.numpy()[0, 0] == pytest.approx(math.log(0.4), abs=1e-4)
+    assert greedy.scores.numpy()[0, 0] == pytest.approx(math.log(0.6 * 0.34), abs=1e-4)
+
+
+@pytest.mark.parametrize("tab", [TRAP, SHORT])
+def test_beam_one_equals_greedy(tab):
+    tables = np.stack([tab])
+    g = run(tables, [0], "greedy")
+    b = run(tables, [0], "beam", beam_size=1)  # alpha 0: the same objective as greedy
+    assert seqs(g) == seqs(b)
+    assert g.scores.numpy()[0, 0] == pytest.approx(b.scores.numpy()[0, 0], abs=1e-5)
+
+
+def test_n_best_sorted_by_score():
+    tables = np.stack([SHORT])
+    r = run(tables, [0], "beam", beam_size=4, n_best=4)
+    scores = r.scores.numpy()[0]
+    assert list(scores) == sorted(scores, reverse=True)
+    hyps = [seqs(r, n)[0] for n in range(4)]
+    assert hyps[0] == [A] and len({tuple(h) for h in hyps}) == 4
+
+
+def test_eos_and_max_length_respected():
+    tables = np.stack([ENDLESS])
+    for search, kw in (("greedy", {}), ("beam", {"beam_size": 3})):
+        r = run(tables, [0], search, max_len=5, **kw)
+        assert seqs(r) == [[C] * 5]
+    r = run(np.stack([SHORT]), [0], "beam", beam_size=3, n_best=3)
+    toks = r.tokens.numpy()[0]
+    for n in range(3):  # nothing after EOS: padding only
+        length = r.lengths.numpy()[0, n]
+        assert (toks[n, length:] == PAD).all()
+        assert EOS not in toks[n].tolist()
+
+
+def test_batched_equals_one_by_one():
+    tables = np.stack([TRAP, SHORT, ENDLESS])
+    for search, kw in (("greedy", {}), ("beam", {"beam_size": 3, "alpha": 0.6})):
+        batched = run(tables, [0, 1, 2, 1], search, max_len=6, **kw)
+        for row, sid in enumerate([0, 1, 2, 1]):
+            alone = run(tables, [sid], search, max_len=6, **kw)
+            assert seqs(batched)[row] == seqs(alone)[0]
+            assert batched.scores.numpy()[row, 0] == pytest.approx(alone.scores.numpy()[0, 0],
+                                                                   abs=1e-5)
+
+
+def test_length_penalty_changes_ranking_as_specified():
+    # best candidates: [B] (p=0.4, 1 token) and [A, C] (p=0.204, 2 tokens); [A, B] and
+    # [A] (p=0.198) lose to one of them at every alpha
+    short, long_ = math.log(0.4), math.log(0.6 * 0.34)
+    tables = np.stack([TRAP])
+    for alpha in (0.0, 1.0, 5.0):
+        lp1 = float(length_penalty(tf.constant(1), alpha))
+        lp2 = float(length_penalty(tf.constant(2), alpha))
+        expected = [B] if short / lp1 >= long_ / lp2 else [A, C]
+        r = run(tables, [0], "beam", beam_size=2, alpha=alpha, n_best=2)
+        assert seqs(r)[0] == expected, alpha
+        want = max(short / lp1, long_ / lp2)
+        assert r.scores.numpy()[0, 0] == pytest.approx(want, abs=1e-4)
+    assert seqs(run(tables, [0], "beam", beam_size=2, alpha=5.0))[0] == [A, C]
+    assert seqs(run(tables, [0], "beam", beam_size=2, alpha=0.0))[0] == [B]
+
+
+def test_attention_is_returned_per_step():
+    r = run(np.stack([SHORT]), [0], "beam", beam_size=2, return_attention=True)
+    att = r.attention.numpy()
+    assert att.shape[:2] == (1, 1) and att.shape[3] == 3
+    g = run(np.stack([SHORT]), [0], "greedy", return_attention=True)
+    assert g.attention.numpy().shape[-1] == 3

@@ -1,0 +1,101 @@
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from translator.model import Seq2Seq
+
+SRC = np.array([[5, 6, 7, 8, 3, 0, 0], [9, 10, 3, 0, 0, 0, 0]], np.int32)
+TIN = np.array([[2, 11, 12, 13, 0], [2, 14, 0, 0, 0]], np.int32)
+
+
+def make(attention="bahdanau", **kw):
+    args = dict(embed_dim=16, hidden_size=32, encoder_layers=2, decoder_layers=2,
+                attention=attention, dropout=0.3, embed_dropout=0.1)
+    args.update(kw)
+    model = Seq2Seq(40, 50, **args)
+    model.build()
+    return model
+
+
+@pytest.mark.parametrize("attention", ["bahdanau", "luong_dot", "luong_general"])
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_output_shapes(attention, input_feeding):
+    model = make(attention, input_feeding=input_feeding)
+    logits = model({"source_ids": SRC, "target_in": TIN})
+    assert tuple(logits.shape) == (2, 5, 50)
+    state = model.encode(SRC)
+    step_logits, state, weights = model.step(np.array([2, 2], np.int32), state)
+    assert tuple(step_logits.shape) == (2, 50)
+    assert tuple(weights.shape) == (2, 7)
+    # step and teacher-forced call share weights and code: same first-step logits
+    np.testing.assert_allclose(step_logits.numpy(), logits.numpy()[:, 0], atol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["bahdanau", "luong_dot", "luong_general"])
+def test_padding_does_not_change_outputs(attention):
+    model = make(attention)
+    alone = model({"source_ids": SRC[1:, :3], "target_in": TIN[1:, :2]}).numpy()
+    padded = model({"source_ids": SRC, "target_in": TIN}).numpy()[1:, :2]
+    np.testing.assert_allclose(alone, padded, atol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["bahdanau", "luong_dot", "luong_general"])
+def test_attention_weights_sum_to_one_over_real_tokens(attention):
+    model = make(attention)
+    state = model.encode(SRC)
+    tokens = np.array([2, 2], np.int32)
+    for _ in range(3):
+        logits, state, weights = model.step(tokens, state)
+        w = weights.numpy()
+        mask = SRC != 0
+        np.testing.assert_allclose((w * mask).sum(1), 1.0, atol=1e-5)
+        assert np.abs(w[~mask]).max() < 1e-6
+        tokens = np.argmax(logits.numpy(), -1).astype(np.int32)
+
+
+def test_tied_embeddings_share_the_matrix():
+    model = make(tie_embeddings=True)
+    names = [w.path for w in model.weights]
+    assert not any("decoder/output/kernel" in n for n in names)
+    assert any("pre_output" in n for n in names)  # embed_dim 16 != hidden 32
+    assert tuple(model({"source_ids": SRC, "target_in": TIN}).shape) == (2, 5, 50)
+
+
+def test_get_config_from_config_and_keras_file_reproduce_logits(tmp_path):
+    model = make("luong_general", tie_embeddings=True)
+    inputs = {"source_ids": SRC, "target_in": TIN}
+    expected = model(inputs).numpy()
+    clone = Seq2Seq.from_config(model.get_config())
+    clone.build()
+    clone.set_weights(model.get_weights())
+    np.testing.assert_array_equal(clone(inputs).numpy(), expected)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(loaded(inputs).numpy(), expected)
+
+
+def test_training_mode_uses_dropout_inference_does_not():
+    model = make()
+    inputs = {"source_ids": SRC, "target_in": TIN}
+    a, b = model(inputs).numpy(), model(inputs).numpy()
+    np.testing.assert_array_equal(a, b)
+    c = model(inputs, training=True).numpy()
+    assert np.abs(a - c).max() > 1e-4
+
+
+def test_first_loss_is_about_log_vocab():
+    from translator.training import SmoothedCrossEntropy
+
+    vocab = 500
+    model = Seq2Seq(vocab, vocab, embed_dim=32, hidden_size=64)
+    model.build()
+    rng = np.random.default_rng(0)
+    src = rng.integers(4, vocab, (16, 10)).astype(np.int32)
+    tout = rng.integers(4, vocab, (16, 8)).astype(np.int32)
+    tin = np.concatenate([np.full((16, 1), 2, np.int32), tout[:, :-1]], 1)
+    loss = SmoothedCrossEntropy(0.0)(tout, model({"source_ids": src, "target_in": tin}),
+                                     sample_weight=np.ones(tout.shape, np.float32))
+    assert float(loss) == pytest.approx(math.log(vocab), rel=0.05)

@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+
+from conftest import toy_pairs
+from translator.config import TokenizerConfig
+from translator.corpus import Pairs
+from translator.pipeline import bucket_batch_sizes, bucket_boundaries, filter_by_length, make_dataset
+from translator.tokenizer import BOS_ID, EOS_ID, PAD_ID, train_tokenizers
+
+
+@pytest.fixture(scope="module")
+def setup():
+    src, tgt = toy_pairs(300, max_words=12)
+    toks = train_tokenizers(src, tgt, TokenizerConfig(vocab_size=60))
+    return Pairs(src, tgt), toks
+
+
+def test_bucket_sizes_respect_token_budget():
+    bounds = bucket_boundaries(100)
+    assert bounds[-1] == 102 and bounds == sorted(bounds)
+    for b, size in zip(bounds, bucket_batch_sizes(bounds, 1000), strict=False):
+        assert size * (b - 1) <= 1000
+
+
+@pytest.mark.parametrize("bucketing", [True, False])
+def test_batches(setup, bucketing):
+    pairs, toks = setup
+    kept, dropped, _ = filter_by_length(pairs, toks, max_len=40)
+    assert dropped == 0
+    ds = make_dataset(kept, toks, max_len=40, batch_tokens=300, shuffle=True, seed=3,
+                      bucketing=bucketing, fixed_batch_size=16)
+    seen = 0
+    for inputs, target_out, weight in ds:
+        src = inputs["source_ids"].numpy()
+        tin = inputs["target_in"].numpy()
+        tout = target_out.numpy()
+        w = weight.numpy()
+        assert src.dtype == np.int32 and tin.shape == tout.shape == w.shape
+        assert (tin[:, 0] == BOS_ID).all()
+        # target_in shifted by one == target_out on real tokens
+        inner = w[:, 1:] > 0  # position j + 1 is a real target token
+        np.testing.assert_array_equal(tin[:, 1:][inner], tout[:, :-1][inner])
+        np.testing.assert_array_equal(w, (tout != PAD_ID).astype(np.float32))
+        lengths = w.sum(1).astype(int)
+        assert (tout[np.arange(len(tout)), lengths - 1] == EOS_ID).all()
+        src_len = (src != PAD_ID).sum(1)
+        assert (src[np.arange(len(src)), src_len - 1] == EOS_ID).all()
+        if bucketing:
+            assert len(src) * max(src.shape[1], tin.shape[1]) <= 300
+        else:
+            assert len(src) <= 16
+        seen += len(src)
+    assert seen == len(kept)  # nothing lost in batching
+
+
+def test_filter_by_length_counts(setup):
+    pairs, toks = setup
+    kept, dropped, tokens = filter_by_length(pairs, toks, max_len=8)
+    assert dropped > 0 and len(kept) + dropped == len(pairs)
+    assert all(len(ids) <= 8 for ids in toks.src.encode(kept.src))
+    assert tokens == sum(len(t) + 1 for t in toks.tgt.encode(kept.tgt))
+
+
+def test_shuffle_is_seeded(setup):
+    pairs, toks = setup
+
+    def first(seed):
+        ds = make_dataset(pairs, toks, max_len=40, batch_tokens=300, shuffle=True, seed=seed)
+        return next(iter(ds))[0]["source_ids"].numpy()
+
+    np.testing.assert_array_equal(first(5), first(5))

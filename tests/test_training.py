@@ -1,0 +1,124 @@
+"""End to end on toy data: memorize, translate, evaluate, resume after SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, toy_config, toy_pairs, write_aligned, write_config
+
+
+def test_memorizes_20_pairs_greedy(memorized_run):
+    from translator import Translator
+
+    t = Translator.load(memorized_run["run_dir"])
+    out = [r.text for r in t.translate(memorized_run["src"], beam_size=1)]
+    assert out == memorized_run["tgt"]
+    # batched == one by one on the real model
+    single = [t.translate([s], beam_size=3)[0].text for s in memorized_run["src"][:5]]
+    batched = [r.text for r in t.translate(memorized_run["src"][:5], beam_size=3)]
+    assert single == batched
+
+
+def test_run_dir_is_self_contained(memorized_run):
+    run = memorized_run["run_dir"]
+    for name in ("config.yaml", "spm.model", "prepare.json", "metrics.jsonl",
+                 "checkpoints/best.weights.h5", "checkpoints/state.json"):
+        assert (run / name).is_file(), name
+    assert list((run / "logs").glob("events.out.tfevents.*"))
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == list(range(1, len(lines) + 1))
+    for key in ("loss", "dev_loss", "dev_bleu", "seconds", "tgt_tokens_per_sec"):
+        assert key in lines[0]
+    assert lines[-1]["dev_bleu"] == 100.0
+
+
+def test_translate_cli_line_accounting(memorized_run, run_cli, tmp_path, monkeypatch):
+    import io
+
+    run = memorized_run["run_dir"]
+    src, tgt = memorized_run["src"], memorized_run["tgt"]
+    code, out, err = run_cli("translate", run, src[0], src[1], "--beam-size", "1")
+    assert code == 0 and out.splitlines() == tgt[:2]
+    # stdin with empty and blank lines: one output line per input line, order kept
+    lines = [src[2], "", src[3], "   ", src[4]]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(("\n".join(lines) + "\n").encode())))
+    code, out, err = run_cli("translate", run)
+    assert code == 0
+    assert out.split("\n")[:-1] == [tgt[2], "", tgt[3], "", tgt[4]]
+    # file in, file out (no trailing newline on the last input line)
+    inp, outp = tmp_path / "in.txt", tmp_path / "out.txt"
+    inp.write_text("\n".join(src[5:12] + [""] + src[12:15]), encoding="utf-8")
+    code, out, err = run_cli("translate", run, "--input", inp, "--output", outp,
+                             "--beam-size", "2", "--batch-size", "3")
+    assert code == 0 and out == ""
+    assert outp.read_text(encoding="utf-8").split("\n")[:-1] == tgt[5:12] + [""] + tgt[12:15]
+    # n-best: still one line per input, hypotheses tab-separated
+    code, out, err = run_cli("translate", run, src[0], "--beam-size", "3", "--n-best", "3")
+    assert code == 0 and len(out.splitlines()) == 1 and len(out.rstrip("\n").split("\t")) == 3
+    png = tmp_path / "att.png"
+    code, out, err = run_cli("translate", run, src[0], "--attention-plot", png)
+    assert code == 0 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_bleu_100_when_hypotheses_match(memorized_run, run_cli, tmp_path):
+    src, tgt = memorized_run["src"], memorized_run["tgt"]
+    (tmp_path / "s.txt").write_text("\n".join(src) + "\n", encoding="utf-8")
+    (tmp_path / "r.txt").write_text("\n".join(tgt) + "\n", encoding="utf-8")
+    code, out, err = run_cli("evaluate", memorized_run["run_dir"], "--src", tmp_path / "s.txt",
+                             "--ref", tmp_path / "r.txt", "--beam-size", "1",
+                             "--output", tmp_path / "hyp.txt")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["bleu"] == 100.0 and result["chrf"] == 100.0
+    # (nltk's corpus_bleu is not 100 here: it counts a 4-gram denominator of 1 for
+    # sentences shorter than 4 tokens; tests/test_metrics.py compares it on real text)
+    assert "tok:13a" in result["bleu_signature"] and "case:mixed" in result["bleu_signature"]
+    assert (tmp_path / "hyp.txt").read_text(encoding="utf-8").splitlines() == tgt
+    code, out, err = run_cli("evaluate", memorized_run["run_dir"], "--split", "dev",
+                             "--beam-size", "1")
+    assert code == 0 and json.loads(out)["bleu"] == 100.0
+
+
+def test_resume_after_sigkill(tmp_path):
+    src, tgt = toy_pairs(400, seed=2, max_words=10)
+    write_aligned(tmp_path / "data" / "toy", "train", src, tgt)
+    write_aligned(tmp_path / "data" / "toy", "dev", src[:20], tgt[:20])
+    cfg = toy_config(tmp_path / "run", train={"epochs": 4, "batch_tokens": 256})
+    cfg_path = write_config(tmp_path / "cfg.yaml", cfg)
+    cmd = [sys.executable, "-m", "translator", "train", str(cfg_path),
+           "--data-root", str(tmp_path / "data")]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    state = tmp_path / "run" / "checkpoints" / "state.json"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        if state.is_file():
+            killed_at = json.loads(state.read_text())
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert killed_at is not None, proc.stderr.read().decode()[-2000:]
+    epoch, steps = killed_at["epoch"], killed_at["optimizer_steps"]
+    assert epoch < 4
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # the state.json read may lag the real kill point by at most one epoch
+    final_state = json.loads(state.read_text())
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    per_epoch = records[0]["optimizer_steps"]
+    assert [r["optimizer_steps"] for r in records] == [per_epoch * e for e in (1, 2, 3, 4)]
+    resumed = [line for line in done.stderr.splitlines() if line.startswith("resuming from")]
+    assert len(resumed) == 1
+    resumed_epoch = int(resumed[0].split("(epoch ")[1].split(",")[0])
+    resumed_steps = int(resumed[0].split("optimizer step ")[1].rstrip(")"))
+    assert resumed_epoch >= epoch and resumed_steps == per_epoch * resumed_epoch
+    assert resumed_steps >= steps
+    assert final_state["epoch"] == 4
