@@ -1,8 +1,8 @@
 import random
 
 import pytest
-
 from conftest import SHARED_DATA
+
 from translator.metrics import bleu, nltk_bleu, score_all
 
 

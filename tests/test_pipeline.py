@@ -1,10 +1,15 @@
 import numpy as np
 import pytest
-
 from conftest import toy_pairs
+
 from translator.config import TokenizerConfig
 from translator.corpus import Pairs
-from translator.pipeline import bucket_batch_sizes, bucket_boundaries, filter_by_length, make_dataset
+from translator.pipeline import (
+    bucket_batch_sizes,
+    bucket_boundaries,
+    filter_by_length,
+    make_dataset,
+)
 from translator.tokenizer import BOS_ID, EOS_ID, PAD_ID, train_tokenizers
 
 

@@ -1,6 +1,6 @@
 import pytest
-
 from conftest import toy_pairs
+
 from translator.config import TokenizerConfig
 from translator.tokenizer import (
     BOS_ID,

@@ -7,8 +7,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from conftest import REPO, toy_config, toy_pairs, write_aligned, write_config
 
 
