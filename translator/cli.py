@@ -111,16 +111,9 @@ def _read_text_lines(path: str | None) -> list[str]:
         except OSError as exc:
             raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
         name = path
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    out = []
-    for number, raw in enumerate(lines, start=1):
-        try:
-            out.append(raw.decode("utf-8").lstrip("\ufeff").rstrip("\r"))
-        except UnicodeDecodeError:
-            raise UserError(f"{name}:{number}: invalid UTF-8; convert the file to UTF-8") from None
-    return out
+    from translator.corpus import decode_lines
+
+    return [line.lstrip("\ufeff").rstrip("\r") for line in decode_lines(data, name)]
 
 
 def _write_lines(path: str | None, lines: list[str]) -> None:

@@ -80,30 +80,34 @@ def _existing(path: Path) -> Path:
     raise CorpusError(f"{path}: file not found (also looked for {gz.name}); check the data root")
 
 
-def read_lines(path: Path) -> list[str]:
-    """Read a UTF-8 text file (``.gz`` transparently) into normalized lines.
+def decode_lines(data: bytes, name: str) -> list[str]:
+    """Split ``data`` on ``\\n`` and decode each line as UTF-8, naming ``name:line`` on error.
 
-    Splits on ``\\n`` only, so that stray ``\\r`` or Unicode line separators inside a
-    sentence never shift the alignment between two files.
+    Splitting on ``\\n`` only means a stray ``\\r`` or Unicode line separator inside a
+    sentence never shifts the alignment between two files.
     """
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out = []
+    for number, raw in enumerate(lines, start=1):
+        try:
+            out.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise CorpusError(
+                f"{name}:{number}: invalid UTF-8 at byte {exc.start}; "
+                "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+            ) from None
+    return out
+
+
+def read_lines(path: Path) -> list[str]:
+    """Read a UTF-8 text file (``.gz`` transparently) into lines (see :func:`decode_lines`)."""
     try:
         raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise CorpusError(f"{path}: cannot read ({exc})") from None
-    lines = raw.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    out = []
-    for number, data in enumerate(lines, start=1):
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise CorpusError(
-                f"{path}:{number}: invalid UTF-8 at byte {exc.start}; "
-                "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
-            ) from None
-        out.append(text)
-    return out
+    return decode_lines(raw, str(path))
 
 
 def read_aligned(src_path: Path, tgt_path: Path) -> Pairs:
