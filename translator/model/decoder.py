@@ -196,6 +196,7 @@ class Decoder(keras.layers.Layer):
         *_, outputs = tf.while_loop(
             lambda t, *_: t < steps, body,
             (tf.constant(0), state["h"], state["c"], state["feed"], outputs),
+            maximum_iterations=steps,  # XLA needs a bound for the gradient accumulators
         )
         feeds = outputs.stack()
         feeds = ops.transpose(feeds, (1, 0, 2))
