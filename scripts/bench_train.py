@@ -16,6 +16,7 @@ of this CPU's fp32 peak (``--peak-gflops``; 2 cores AVX2+FMA ~ 157).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -25,28 +26,6 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def forward_flops_per_target_token(m, src_vocab: int, tgt_vocab: int, src_len: float,
-                                   tgt_len: float) -> float:
-    """Multiply-adds x2 of the matmuls, per target token (encoder cost spread over it)."""
-    h, e, half = m.hidden_size, m.embed_dim, m.hidden_size // 2
-    enc = 0.0
-    in_dim = e
-    for _ in range(m.encoder_layers):
-        enc += 2 * 2 * (in_dim + half) * 4 * half  # two directions
-        in_dim = h
-    a = m.attention_units or h
-    keys = 2 * h * a if m.attention == "bahdanau" else (2 * h * h if m.attention == "luong_general" else 0)
-    enc_per_src = enc + keys
-    dec = 0.0
-    in_dim = e + (h if m.input_feeding else 0)
-    for _ in range(m.decoder_layers):
-        dec += 2 * (in_dim + h) * 4 * h
-        in_dim = h
-    score = (2 * h * a + 3 * a * src_len) if m.attention == "bahdanau" else 2 * h * src_len
-    dec += score + 2 * h * src_len + 2 * 2 * h * h + 2 * h * tgt_vocab
-    return dec + enc_per_src * src_len / tgt_len
 
 
 def main() -> int:
@@ -67,6 +46,7 @@ def main() -> int:
     from translator.config import load_config
     from translator.corpus import resolve_data_root
     from translator.model import build_model
+    from translator.model.flops import forward_flops_per_target_token
     from translator.pipeline import filter_by_length, make_dataset
     from translator.prepare import ensure_prepared, read_prepared_split
     from translator.tokenizer import Tokenizers
@@ -99,7 +79,7 @@ def main() -> int:
         src_tokens = float(sum(np.sum(b[0]["source_ids"].numpy() != 0) for b in timed))
         padded = float(sum(np.prod(b[1].shape) for b in timed))
         model = build_model(cfg.model, toks.src.vocab_size, toks.tgt.vocab_size)
-        compile_model(model, tc.__class__(**{**tc.__dict__, "jit_compile": xla}))
+        compile_model(model, dataclasses.replace(tc, jit_compile=xla))
 
         def feed(items, spec=ds.element_spec):
             return tf.data.Dataset.from_generator(lambda: iter(items), output_signature=spec)
@@ -108,7 +88,7 @@ def main() -> int:
         start = time.perf_counter()
         model.fit(feed(timed), epochs=1, verbose=0)
         seconds = time.perf_counter() - start
-        fwd = forward_flops_per_target_token(cfg.model, toks.src.vocab_size, toks.tgt.vocab_size,
+        fwd = forward_flops_per_target_token(cfg.model, toks.tgt.vocab_size,
                                              src_tokens / sentences, tgt_tokens / sentences)
         tps = tgt_tokens / seconds
         print(json.dumps({

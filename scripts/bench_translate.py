@@ -22,18 +22,6 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def step_flops(m, tgt_vocab: int, src_len: float) -> float:
-    """Forward FLOPs of one decoder step for one hypothesis (matmuls x2)."""
-    h, e = m.hidden_size, m.embed_dim
-    a = m.attention_units or h
-    flops, in_dim = 0.0, e + (h if m.input_feeding else 0)
-    for _ in range(m.decoder_layers):
-        flops += 2 * (in_dim + h) * 4 * h
-        in_dim = h
-    score = (2 * h * a + 3 * a * src_len) if m.attention == "bahdanau" else 2 * h * src_len
-    return flops + score + 2 * h * src_len + 2 * 2 * h * h + 2 * h * tgt_vocab
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir")
@@ -43,13 +31,13 @@ def main() -> int:
     p.add_argument("--peak-gflops", type=float, default=157.0)
     args = p.parse_args()
 
+    from translator.model.flops import decoder_step_flops
     from translator.prepare import RunPaths, read_prepared_split
     from translator.translator import Translator
 
     t = Translator.load(args.run_dir)
     pairs = read_prepared_split(RunPaths(Path(args.run_dir)), args.split)
     src = pairs.src
-    cfg_model = t.model
     mean_src = sum(len(x) for x in t.encode_sources(src)) / len(src)
     for beam in (1, 5):
         for batch in (64, 1):
@@ -67,7 +55,7 @@ def main() -> int:
                 out = t.translate(texts, beam_size=beam, batch_size=batch)
             seconds = time.perf_counter() - start
             tokens = sum(len(r.n_best[0].pieces) + 1 for r in out if r.n_best)
-            flops = step_flops(cfg_model, t.tokenizers.tgt.vocab_size, mean_src)
+            flops = decoder_step_flops(t.model, t.tokenizers.tgt.vocab_size, mean_src)
             # every hypothesis of the beam takes a step for every emitted token
             gflops = flops * tokens * beam / seconds / 1e9
             print(json.dumps({
