@@ -36,7 +36,7 @@ def scripted(tables: np.ndarray):
 
     def step(tokens, state):
         logits = tf.gather_nd(tables, tf.stack([state["sid"], tokens], 1))
-        attention = tf.one_hot(tf.zeros_like(tokens), 3)
+        attention = tf.one_hot(tokens % 3, 3)  # tells which token was fed at each step
         return logits, {"sid": state["sid"]}, attention
 
     return step
@@ -126,9 +126,35 @@ def test_length_penalty_changes_ranking_as_specified():
     assert seqs(run(tables, [0], "beam", beam_size=2, alpha=0.0))[0] == [B]
 
 
-def test_attention_is_returned_per_step():
-    r = run(np.stack([SHORT]), [0], "beam", beam_size=2, return_attention=True)
-    att = r.attention.numpy()
-    assert att.shape[:2] == (1, 1) and att.shape[3] == 3
-    g = run(np.stack([SHORT]), [0], "greedy", return_attention=True)
-    assert g.attention.numpy().shape[-1] == 3
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_attention_follows_each_hypothesis(search):
+    # the scripted attention is one_hot(fed token % 3): row t must match the t-th
+    # token fed along this hypothesis' own path ([BOS] + hypothesis), EOS step included
+    kw = {"beam_size": 3, "n_best": 3} if search == "beam" else {}
+    r = run(np.stack([SHORT, TRAP]), [0, 1], search, return_attention=True, **kw)
+    att, toks, lens = r.attention.numpy(), r.tokens.numpy(), r.lengths.numpy()
+    assert att.shape[:2] == toks.shape[:2] and att.shape[3] == 3
+    for b in range(toks.shape[0]):
+        for n in range(toks.shape[1]):
+            fed = [BOS] + toks[b, n, : lens[b, n]].tolist()
+            np.testing.assert_array_equal(att[b, n, : len(fed)], np.eye(3)[np.array(fed) % 3])
+
+
+def test_constant_state_is_not_reordered_and_changes_nothing():
+    from translator.model.seq2seq import Seq2Seq
+
+    keras_model = Seq2Seq(30, 30, embed_dim=16, hidden_size=32)
+    source = tf.constant([[5, 6, 7, 3, 0], [8, 9, 10, 11, 3]], tf.int32)
+    keras_model({"source_ids": source, "target_in": source})
+    limit = tf.constant([6, 6])
+
+    def search(constant_keys):
+        state = keras_model.encode(source)
+        return beam_search(keras_model.step, state, limit, BOS, EOS, beam_size=4, n_best=4,
+                           alpha=0.6, return_attention=True, constant_keys=constant_keys)
+
+    plain = search(())
+    fast = search(keras_model.decoder.CONSTANT_STATE)
+    np.testing.assert_array_equal(plain.tokens.numpy(), fast.tokens.numpy())
+    np.testing.assert_allclose(plain.scores.numpy(), fast.scores.numpy(), atol=1e-5)
+    np.testing.assert_allclose(plain.attention.numpy(), fast.attention.numpy(), atol=1e-6)

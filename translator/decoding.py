@@ -16,7 +16,7 @@ Wrap a search in ``tf.function`` (see ``translator.Translator``) to compile it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,34 +131,40 @@ def beam_search(
     alpha: float = 0.0,
     n_best: int = 1,
     return_attention: bool = False,
+    constant_keys: Sequence[str] = (),
 ) -> SearchResult:
     """Beam search with GNMT length penalty ``alpha``; returns the ``n_best`` best
-    hypotheses per sentence, sorted by score (best first)."""
+    hypotheses per sentence, sorted by score (best first).
+
+    ``constant_keys`` names entries of a dict ``state`` that never change between
+    steps (e.g. the encoder memory): they are tiled once and not reordered, which
+    saves copying them at every step. Each step records its tokens and back-pointers;
+    the hypotheses (and their attention) are read back once, after the loop.
+    """
     if not 1 <= n_best <= beam_size:
         raise ValueError(f"n_best must be in [1, beam_size={beam_size}], got {n_best}")
     k = beam_size
     batch = tf.shape(max_len)[0]
     limit = tf.reduce_max(max_len)
     state = tf.nest.map_structure(lambda x: _tile(x, k), state)
+    constant = {key: state.pop(key) for key in constant_keys} if constant_keys else {}
     beam_max = tf.reshape(_tile(max_len, k), [batch, k])
     log_probs = tf.tile(tf.constant([[0.0] + [NEG_INF] * (k - 1)]), [batch, 1])
     finished = tf.zeros([batch, k], tf.bool)
     lengths = tf.zeros([batch, k], tf.int32)
-    seqs = tf.zeros([batch, k, 0], tf.int32)
     tokens = tf.fill([batch * k], bos_id)
-    src_len = None
-    attn = None
-    if return_attention:
-        _, _, probe = step_fn(tokens, state)  # only to learn the source length
-        src_len = tf.shape(probe)[1]
-        attn = tf.zeros([batch, k, 0, src_len], tf.float32)
     offsets = (tf.range(batch) * k)[:, tf.newaxis]
+    history = (tf.TensorArray(tf.int32, size=0, dynamic_size=True),   # emitted tokens
+               tf.TensorArray(tf.int32, size=0, dynamic_size=True),   # parent beams
+               tf.TensorArray(tf.float32, size=0, dynamic_size=True))  # attention
 
     def cond(t, tokens, state, log_probs, finished, *_):
         return tf.logical_and(t <= limit, tf.logical_not(tf.reduce_all(finished)))
 
-    def body(t, tokens, state, log_probs, finished, lengths, seqs, attn):
-        logits, state, attention = step_fn(tokens, state)
+    def body(t, tokens, state, log_probs, finished, lengths, history):
+        logits, state, attention = step_fn(tokens, {**state, **constant})
+        state = {key: v for key, v in state.items() if key not in constant} if constant \
+            else state
         logp = tf.reshape(_log_probs(logits), [batch, k, -1])
         vocab = tf.shape(logp)[2]
         eos_only = tf.where(tf.range(vocab) == eos_id, 0.0, NEG_INF)
@@ -166,57 +172,64 @@ def beam_search(
         force = tf.logical_or(finished, t >= beam_max)
         logp = tf.where(force[:, :, tf.newaxis], eos_only[tf.newaxis, tf.newaxis], logp)
         total = log_probs[:, :, tf.newaxis] + logp  # (batch, k, vocab)
-        grow = tf.ones([batch, k, vocab], tf.int32) * tf.cast(
-            tf.logical_not(finished), tf.int32)[:, :, tf.newaxis]
-        is_eos_tok = tf.equal(tf.range(vocab), eos_id)[tf.newaxis, tf.newaxis]
-        new_len = lengths[:, :, tf.newaxis] + tf.where(is_eos_tok, 0, grow)
+        # EOS and finished beams do not lengthen a hypothesis
+        grows = tf.logical_and(tf.logical_not(finished)[:, :, tf.newaxis],
+                               tf.not_equal(tf.range(vocab), eos_id)[tf.newaxis, tf.newaxis])
+        new_len = lengths[:, :, tf.newaxis] + tf.cast(grows, tf.int32)
         ranked = total / length_penalty(new_len, alpha)
-        top_scores, top_idx = tf.math.top_k(tf.reshape(ranked, [batch, -1]), k=k)
-        del top_scores
+        _, top_idx = tf.math.top_k(tf.reshape(ranked, [batch, -1]), k=k)
         parent = top_idx // vocab
         token = top_idx % vocab
-        flat = tf.reshape(parent + offsets, [-1])
         log_probs = tf.gather(tf.reshape(total, [batch, -1]), top_idx, batch_dims=1)
         lengths = tf.gather(tf.reshape(new_len, [batch, -1]), top_idx, batch_dims=1)
-        was_finished = tf.gather(finished, parent, batch_dims=1)
-        finished = tf.logical_or(was_finished, tf.equal(token, eos_id))
-        emitted = tf.where(finished, 0, token)
-        seqs = tf.concat([tf.gather(seqs, parent, batch_dims=1), emitted[:, :, tf.newaxis]], 2)
+        finished = tf.logical_or(tf.gather(finished, parent, batch_dims=1),
+                                 tf.equal(token, eos_id))
+        flat = tf.reshape(parent + offsets, [-1])
         state = tf.nest.map_structure(lambda x: tf.gather(x, flat), state)
+        out_tokens, parents, attn = history
+        out_tokens = out_tokens.write(t, tf.where(finished, 0, token))
+        parents = parents.write(t, parent)
         if return_attention:
-            a = tf.gather(tf.reshape(tf.cast(attention, tf.float32), [batch, k, -1]), parent,
-                          batch_dims=1)
-            attn = tf.concat([tf.gather(attn, parent, batch_dims=1), a[:, :, tf.newaxis]], 2)
-        return t + 1, tf.reshape(token, [-1]), state, log_probs, finished, lengths, seqs, attn
+            # computed by the parent beams: store it under the surviving beams' slots
+            attn = attn.write(t, tf.gather(tf.reshape(tf.cast(attention, tf.float32),
+                                                      [batch, k, -1]), parent, batch_dims=1))
+        return (t + 1, tf.reshape(token, [-1]), state, log_probs, finished, lengths,
+                (out_tokens, parents, attn))
 
-    invariants = None
-    loop_vars = (tf.constant(0), tokens, state, log_probs, finished, lengths, seqs, attn)
-    if return_attention:
-        invariants = (
-            tf.TensorShape([]), tokens.shape, tf.nest.map_structure(lambda x: x.shape, state),
-            log_probs.shape, finished.shape, lengths.shape, tf.TensorShape([None, k, None]),
-            tf.TensorShape([None, k, None, None]),
-        )
-    else:
-        loop_vars = loop_vars[:-1]
-        invariants = (
-            tf.TensorShape([]), tokens.shape, tf.nest.map_structure(lambda x: x.shape, state),
-            log_probs.shape, finished.shape, lengths.shape, tf.TensorShape([None, k, None]),
-        )
-
-    def body_wrapped(*args):
-        if return_attention:
-            return body(*args)
-        return body(*args, None)[:-1]
-
-    out = tf.while_loop(cond, body_wrapped, loop_vars, shape_invariants=invariants)
-    log_probs, finished, lengths, seqs = out[3], out[4], out[5], out[6]
+    _, _, _, log_probs, finished, lengths, history = tf.while_loop(
+        cond, body, (tf.constant(0), tokens, state, log_probs, finished, lengths, history))
     scores = log_probs / length_penalty(lengths, alpha)
     order = tf.argsort(scores, axis=1, direction="DESCENDING", stable=True)[:, :n_best]
-    attention = tf.gather(out[7], order, batch_dims=1) if return_attention else None
+    seqs, attention = _backtrack(history, order, return_attention)
     return SearchResult(
-        tf.gather(seqs, order, batch_dims=1),
+        seqs,
         tf.gather(lengths, order, batch_dims=1),
         tf.gather(scores, order, batch_dims=1),
         attention,
     )
+
+
+def _backtrack(history, beams: tf.Tensor, return_attention: bool):
+    """Follow the back-pointers from the final ``beams`` ``(batch, n)`` to the first
+    step; returns tokens ``(batch, n, steps)`` and attention
+    ``(batch, n, steps, src_len)`` (or None)."""
+    out_tokens, parents, attn = history
+    steps = out_tokens.size()
+    tokens_ta = tf.TensorArray(tf.int32, size=steps)
+    attn_ta = tf.TensorArray(tf.float32, size=steps)
+
+    def body(t, beams, tokens_ta, attn_ta):
+        tokens_ta = tokens_ta.write(t, tf.gather(out_tokens.read(t), beams, batch_dims=1))
+        if return_attention:
+            attn_ta = attn_ta.write(t, tf.gather(attn.read(t), beams, batch_dims=1))
+        return t - 1, tf.gather(parents.read(t), beams, batch_dims=1), tokens_ta, attn_ta
+
+    _, _, tokens_ta, attn_ta = tf.while_loop(
+        lambda t, *_: t >= 0, body, (steps - 1, beams, tokens_ta, attn_ta))
+    n = tf.shape(beams)[1]
+    batch = tf.shape(beams)[0]
+    seqs = tf.reshape(tf.transpose(tokens_ta.stack(), (1, 2, 0)), [batch, n, -1])
+    attention = None
+    if return_attention:
+        attention = tf.transpose(attn_ta.stack(), (1, 2, 0, 3))
+    return seqs, attention

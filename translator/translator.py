@@ -84,7 +84,8 @@ class Translator:
                     r = greedy_search(self.model.step, state, limit, BOS_ID, EOS_ID, attention)
                 else:
                     r = beam_search(self.model.step, state, limit, BOS_ID, EOS_ID, beam_size,
-                                    alpha, n_best, attention)
+                                    alpha, n_best, attention,
+                                    constant_keys=self.model.decoder.CONSTANT_STATE)
                 out = {"tokens": r.tokens, "lengths": r.lengths, "scores": r.scores}
                 if attention:
                     out["attention"] = r.attention

@@ -97,6 +97,10 @@ class Decoder(keras.layers.Layer):
 
     # ------------------------------------------------------------------ state
 
+    #: State entries that :meth:`step` passes through unchanged (searches need not
+    #: reorder them between beams).
+    CONSTANT_STATE = ("memory", "keys", "mask")
+
     def initial_state(self, memory, mask, final_state):
         """Decoder state for a new batch.
 
