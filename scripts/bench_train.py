@@ -7,8 +7,9 @@ Variants, on the same model and the same shuffled training sentences:
   - ``tutorial``: fixed batches of 64 sentences padded to the longest one, no XLA
     (how the TensorFlow "NMT with attention" tutorial feeds its model),
   - ``default_xla`` (with ``--xla``): the default pipeline compiled with XLA.
-Each variant first runs ``--warmup`` batches (tracing), then is timed over
-``--sentences`` sentences. Reported: target tokens/s (real tokens, no padding),
+Each variant first runs ``--warmup`` batches (tracing; with XLA also one batch of
+every shape in the timed set, since XLA compiles once per shape, and the compile time
+is reported as ``warmup_seconds``), then is timed over ``--sentences`` sentences. Reported: target tokens/s (real tokens, no padding),
 peak RSS, analytic model FLOPs per target token (training = 3x forward) and the share
 of this CPU's fp32 peak (``--peak-gflops``; 2 cores AVX2+FMA ~ 157).
 """
@@ -57,7 +58,7 @@ def main() -> int:
     paths = ensure_prepared(cfg, resolve_data_root(args.data_root))
     toks = Tokenizers.load(paths.root)
     tc = cfg.train
-    pairs, _, _ = filter_by_length(read_prepared_split(paths, "train"), toks, tc.max_len)
+    pairs = filter_by_length(read_prepared_split(paths, "train"), toks, tc.max_len).pairs
 
     variants = [("default", True, False), ("tutorial", False, False)]
     if args.xla:
@@ -75,6 +76,9 @@ def main() -> int:
             if sentences >= args.sentences:
                 break
         warm, timed = batches[: args.warmup], batches[args.warmup:]
+        shapes = {tuple(b[1].shape) for b in timed}
+        if xla:  # XLA compiles once per batch shape: compile every timed shape first
+            warm = warm + list({tuple(b[1].shape): b for b in timed}.values())
         tgt_tokens = float(sum(np.sum(b[2].numpy()) for b in timed))
         src_tokens = float(sum(np.sum(b[0]["source_ids"].numpy() != 0) for b in timed))
         padded = float(sum(np.prod(b[1].shape) for b in timed))
@@ -84,7 +88,9 @@ def main() -> int:
         def feed(items, spec=ds.element_spec):
             return tf.data.Dataset.from_generator(lambda: iter(items), output_signature=spec)
 
+        start = time.perf_counter()
         model.fit(feed(warm), epochs=1, verbose=0)
+        warmup_seconds = time.perf_counter() - start
         start = time.perf_counter()
         model.fit(feed(timed), epochs=1, verbose=0)
         seconds = time.perf_counter() - start
@@ -95,7 +101,9 @@ def main() -> int:
             "bench": "train", "variant": name, "config": args.config,
             "bucketing": bucketing, "xla": xla, "batch_tokens": tc.batch_tokens if bucketing else None,
             "batch_sentences": None if bucketing else 64,
-            "sentences": sentences, "batches": len(timed), "seconds": round(seconds, 2),
+            "sentences": sentences, "batches": len(timed), "batch_shapes": len(shapes),
+            "warmup_batches": len(warm), "warmup_seconds": round(warmup_seconds, 2),
+            "seconds": round(seconds, 2),
             "tgt_tokens_per_sec": round(tps, 1),
             "padding_share_target": round(1 - tgt_tokens / padded, 3),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

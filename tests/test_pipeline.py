@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import toy_pairs
 
 from translator.config import TokenizerConfig
@@ -7,6 +8,7 @@ from translator.corpus import Pairs
 from translator.pipeline import (
     bucket_batch_sizes,
     bucket_boundaries,
+    count_batches,
     filter_by_length,
     make_dataset,
 )
@@ -30,11 +32,14 @@ def test_bucket_sizes_respect_token_budget():
 @pytest.mark.parametrize("bucketing", [True, False])
 def test_batches(setup, bucketing):
     pairs, toks = setup
-    kept, dropped, _ = filter_by_length(pairs, toks, max_len=40)
+    kept, dropped, _, lengths = filter_by_length(pairs, toks, max_len=40)
     assert dropped == 0
+    expected_batches = count_batches(lengths, max_len=40, batch_tokens=300,
+                                     bucketing=bucketing, fixed_batch_size=16)
     ds = make_dataset(kept, toks, max_len=40, batch_tokens=300, shuffle=True, seed=3,
-                      bucketing=bucketing, fixed_batch_size=16)
-    seen = 0
+                      bucketing=bucketing, fixed_batch_size=16, num_batches=expected_batches)
+    assert ds.cardinality().numpy() == expected_batches
+    seen = batches = 0
     for inputs, target_out, weight in ds:
         src = inputs["source_ids"].numpy()
         tin = inputs["target_in"].numpy()
@@ -55,15 +60,30 @@ def test_batches(setup, bucketing):
         else:
             assert len(src) <= 16
         seen += len(src)
+        batches += 1
     assert seen == len(kept)  # nothing lost in batching
+    assert batches == expected_batches  # the precomputed count is exact
+
+
+def test_wrong_batch_count_is_caught(setup):
+    pairs, toks = setup
+    kept, _, _, lengths = filter_by_length(pairs, toks, max_len=40)
+    n = count_batches(lengths, max_len=40, batch_tokens=300)
+    ds = make_dataset(kept, toks, max_len=40, batch_tokens=300, shuffle=False,
+                      num_batches=n + 1)
+    with pytest.raises(tf.errors.FailedPreconditionError):
+        for _ in ds:
+            pass
 
 
 def test_filter_by_length_counts(setup):
     pairs, toks = setup
-    kept, dropped, tokens = filter_by_length(pairs, toks, max_len=8)
+    kept, dropped, tokens, lengths = filter_by_length(pairs, toks, max_len=8)
     assert dropped > 0 and len(kept) + dropped == len(pairs)
     assert all(len(ids) <= 8 for ids in toks.src.encode(kept.src))
     assert tokens == sum(len(t) + 1 for t in toks.tgt.encode(kept.tgt))
+    assert lengths == [max(len(s), len(t)) + 1 for s, t in
+                       zip(toks.src.encode(kept.src), toks.tgt.encode(kept.tgt), strict=True)]
 
 
 def test_shuffle_is_seeded(setup):

@@ -134,7 +134,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     lr_schedule: Literal["constant", "inverse_sqrt", "linear_decay"] = "constant"
     warmup_steps: int = 500
-    decay_steps: int = 10000
+    decay_steps: int = 10000  # linear_decay length; 0 = until the last epoch ends
     min_learning_rate: float = 1e-5
     clip_norm: float = 1.0
     label_smoothing: float = 0.1
@@ -158,7 +158,7 @@ class TrainConfig:
             )
         _range("train.learning_rate", self.learning_rate, 0.0, 10.0, open_low=True)
         _range("train.warmup_steps", self.warmup_steps, 0, None)
-        _range("train.decay_steps", self.decay_steps, 1, None)
+        _range("train.decay_steps", self.decay_steps, 0, None)
         _range("train.min_learning_rate", self.min_learning_rate, 0.0, None)
         _range("train.clip_norm", self.clip_norm, 0.0, None)
         _range("train.label_smoothing", self.label_smoothing, 0.0, 0.99)

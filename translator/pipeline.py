@@ -9,7 +9,9 @@ real target tokens, ``0.0`` on padding.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -22,23 +24,27 @@ def source_length(n_subwords: int) -> int:
     return n_subwords + 1
 
 
-def filter_by_length(
-    pairs: Pairs, tokenizers: Tokenizers, max_len: int
-) -> tuple[Pairs, int, int]:
-    """Drop pairs whose source or target has more than ``max_len`` subwords.
+class Filtered(NamedTuple):
+    """Pairs kept by :func:`filter_by_length`, with what the pipeline needs to know."""
 
-    Returns the kept pairs, the number dropped and the number of target tokens
-    (subwords + EOS) that remain, for throughput figures.
-    """
+    pairs: Pairs
+    dropped: int
+    target_tokens: int  # subwords + EOS over the kept targets, for throughput figures
+    lengths: list[int]  # per kept pair, the length the bucketing sees
+
+
+def filter_by_length(pairs: Pairs, tokenizers: Tokenizers, max_len: int) -> Filtered:
+    """Drop pairs whose source or target has more than ``max_len`` subwords."""
     src_ids = tokenizers.src.encode(pairs.src)
     tgt_ids = tokenizers.tgt.encode(pairs.tgt)
-    keep_src, keep_tgt, tokens = [], [], 0
+    keep_src, keep_tgt, lengths, tokens = [], [], [], 0
     for s, t, si, ti in zip(pairs.src, pairs.tgt, src_ids, tgt_ids, strict=True):
         if len(si) <= max_len and len(ti) <= max_len:
             keep_src.append(s)
             keep_tgt.append(t)
+            lengths.append(max(len(si), len(ti)) + 1)  # + EOS on the source, + BOS on target_in
             tokens += len(ti) + 1
-    return Pairs(keep_src, keep_tgt), len(pairs) - len(keep_src), tokens
+    return Filtered(Pairs(keep_src, keep_tgt), len(pairs) - len(keep_src), tokens, lengths)
 
 
 def bucket_boundaries(max_len: int) -> list[int]:
@@ -61,6 +67,23 @@ def bucket_batch_sizes(boundaries: Sequence[int], batch_tokens: int) -> list[int
     last bucket (``>= boundaries[-1]``) can never be filled and gets size 1.
     """
     return [max(1, batch_tokens // (b - 1)) for b in boundaries] + [1]
+
+
+def count_batches(lengths: Sequence[int], *, max_len: int, batch_tokens: int,
+                  bucketing: bool = True, fixed_batch_size: int = 64) -> int:
+    """The exact number of batches :func:`make_dataset` yields for these lengths.
+
+    Bucketing flushes one partial batch per bucket at the end, whatever the shuffle
+    order, so the count is ``sum(ceil(n_bucket / size_bucket))``.
+    """
+    if not bucketing:
+        return -(-len(lengths) // fixed_batch_size)
+    bounds = bucket_boundaries(max_len)
+    sizes = bucket_batch_sizes(bounds, batch_tokens)
+    counts = [0] * len(sizes)
+    for n in lengths:
+        counts[bisect.bisect_right(bounds, n)] += 1
+    return sum(-(-c // size) for c, size in zip(counts, sizes, strict=True))
 
 
 def _encode(tokenizers: Tokenizers, max_len: int):
@@ -98,12 +121,15 @@ def make_dataset(
     bucketing: bool = True,
     fixed_batch_size: int = 64,
     pad_to_bucket_boundary: bool = False,
+    num_batches: int | None = None,
 ) -> tf.data.Dataset:
     """Batches for training or evaluation from already length-filtered ``pairs``.
 
     With ``bucketing`` the batch size is token-based (``batch_tokens``); otherwise
     ``fixed_batch_size`` sentences padded to the longest one (the TF tutorial's way).
-    Tokenized sentences are cached in memory, so tokenization runs once.
+    Tokenized sentences are cached in memory, so tokenization runs once. With
+    ``num_batches`` (from :func:`count_batches`) the dataset has a known length, which
+    Keras uses for its progress bar; the count is checked as the data flows.
     """
     ds = tf.data.Dataset.from_tensor_slices(
         (tf.constant(pairs.src, tf.string), tf.constant(pairs.tgt, tf.string))
@@ -125,6 +151,8 @@ def make_dataset(
         )
     else:
         ds = ds.padded_batch(fixed_batch_size, padding_values=(PAD_ID, PAD_ID, PAD_ID))
+    if num_batches is not None:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches))
     return ds.map(_to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
         tf.data.AUTOTUNE
     )

@@ -27,7 +27,7 @@ from translator.corpus import Pairs
 from translator.fileio import write_json_atomic, write_text_atomic
 from translator.metrics import bleu
 from translator.model import Seq2Seq, build_model
-from translator.pipeline import filter_by_length, make_dataset
+from translator.pipeline import count_batches, filter_by_length, make_dataset
 from translator.prepare import RunPaths, ensure_prepared, read_prepared_split
 from translator.tokenizer import Tokenizers
 from translator.translator import BEST_WEIGHTS, Translator
@@ -95,9 +95,14 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
                 "decay_steps": self.decay_steps, "minimum": self.minimum}
 
 
-def compile_model(model: Seq2Seq, cfg: TrainConfig) -> None:
+def compile_model(model: Seq2Seq, cfg: TrainConfig, total_steps: int | None = None) -> None:
+    """Adam + schedule + loss. ``decay_steps: 0`` decays over the rest of training,
+    which needs ``total_steps`` (epochs x batches per epoch)."""
+    decay_steps = cfg.decay_steps
+    if decay_steps == 0:
+        decay_steps = max(1, (total_steps or 1) - cfg.warmup_steps)
     schedule = WarmupSchedule(cfg.learning_rate, cfg.warmup_steps, cfg.lr_schedule,
-                              cfg.decay_steps, cfg.min_learning_rate)
+                              decay_steps, cfg.min_learning_rate)
     optimizer = keras.optimizers.Adam(
         learning_rate=schedule, global_clipnorm=cfg.clip_norm if cfg.clip_norm > 0 else None
     )
@@ -239,24 +244,30 @@ def train(
     if tc.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     tokenizers = Tokenizers.load(paths.root)
-    train_pairs, dropped, target_tokens = filter_by_length(
+    train_pairs, dropped, target_tokens, lengths = filter_by_length(
         read_prepared_split(paths, "train"), tokenizers, tc.max_len)
+    steps_per_epoch = count_batches(lengths, max_len=tc.max_len, batch_tokens=tc.batch_tokens,
+                                    bucketing=tc.bucketing, fixed_batch_size=tc.fixed_batch_size)
     if dropped:
         report(f"train: {dropped} pairs longer than train.max_len={tc.max_len} subwords skipped")
     dev = read_prepared_split(paths, "dev")
     dev_ds = None
     if dev is not None and len(dev):
-        dev_loss_pairs, dev_dropped, _ = filter_by_length(dev, tokenizers, tc.max_len)
+        dev_loss_pairs, dev_dropped, _, dev_lengths = filter_by_length(dev, tokenizers,
+                                                                       tc.max_len)
         if dev_dropped:
             report(f"dev loss: {dev_dropped} pairs longer than {tc.max_len} subwords left out "
                    "(dev BLEU uses all)")
         dev_ds = make_dataset(dev_loss_pairs, tokenizers, max_len=tc.max_len,
                               batch_tokens=tc.batch_tokens, shuffle=False,
-                              pad_to_bucket_boundary=tc.jit_compile)
+                              pad_to_bucket_boundary=tc.jit_compile,
+                              num_batches=count_batches(dev_lengths, max_len=tc.max_len,
+                                                        batch_tokens=tc.batch_tokens))
     train_ds = make_dataset(
         train_pairs, tokenizers, max_len=tc.max_len, batch_tokens=tc.batch_tokens,
         shuffle=True, seed=tc.seed, shuffle_buffer=tc.shuffle_buffer, bucketing=tc.bucketing,
         fixed_batch_size=tc.fixed_batch_size, pad_to_bucket_boundary=tc.jit_compile,
+        num_batches=steps_per_epoch,
     )
     paths.checkpoints.mkdir(parents=True, exist_ok=True)
     state_path = paths.checkpoints / STATE_FILE
@@ -273,18 +284,19 @@ def train(
                f"optimizer step {int(model.optimizer.iterations.numpy())})")
     else:
         model = build_model(cfg.model, tokenizers.src.vocab_size, tokenizers.tgt.vocab_size)
-        compile_model(model, tc)
+        compile_model(model, tc, total_steps=tc.epochs * steps_per_epoch)
         if paths.metrics.exists():
             paths.metrics.unlink()
-    report(f"model: {model.count_params():,} parameters; "
-           f"train pairs {len(train_pairs):,}, dev pairs {len(dev) if dev else 0:,}")
+    report(f"model: {model.count_params():,} parameters; train pairs {len(train_pairs):,} "
+           f"in {steps_per_epoch:,} batches, dev pairs {len(dev) if dev else 0:,}")
     if initial_epoch >= tc.epochs or state.get("bad_epochs", 0) >= tc.patience:
         report(f"nothing to do: finished at epoch {initial_epoch} "
                f"(best dev BLEU {state.get('best_bleu')} at epoch {state.get('best_epoch')})")
     else:
         translator = Translator(model, tokenizers, cfg.decode)
         callback = EpochEnd(paths, cfg, translator, dev, target_tokens, state, report)
-        model.fit(train_ds, validation_data=dev_ds, epochs=tc.epochs,
+        # shuffle=False: the tf.data pipeline shuffles itself, seeded
+        model.fit(train_ds, validation_data=dev_ds, epochs=tc.epochs, shuffle=False,
                   initial_epoch=initial_epoch, callbacks=[keras.callbacks.TerminateOnNaN(),
                                                           callback], verbose=verbose)
     return {"run_dir": str(paths.root), "parameters": model.count_params(), **state}

@@ -72,7 +72,10 @@ class Attention(keras.layers.Layer):
         """
         if self.score == "bahdanau":
             hidden = ops.tanh(keys + ops.expand_dims(self.query_dense(query), 1))
-            scores = ops.squeeze(self.v(hidden), -1)
+            # einsum on the kernel rather than Dense on a 3-D tensor: Dense would build
+            # a dynamic-shape Tensordot that XLA rejects inside the decoder loop
+            v = ops.cast(self.v.kernel[:, 0], hidden.dtype)
+            scores = ops.einsum("bsa,a->bs", hidden, v)
         else:
             scores = ops.einsum("bh,bsh->bs", query, keys)
         scores = ops.cast(scores, "float32")
