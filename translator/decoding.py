@@ -162,9 +162,8 @@ def beam_search(
         return tf.logical_and(t <= limit, tf.logical_not(tf.reduce_all(finished)))
 
     def body(t, tokens, state, log_probs, finished, lengths, history):
-        logits, state, attention = step_fn(tokens, {**state, **constant})
-        state = {key: v for key, v in state.items() if key not in constant} if constant \
-            else state
+        logits, new_state, attention = step_fn(tokens, {**state, **constant})
+        state = {key: new_state[key] for key in state} if constant else new_state
         logp = tf.reshape(_log_probs(logits), [batch, k, -1])
         vocab = tf.shape(logp)[2]
         eos_only = tf.where(tf.range(vocab) == eos_id, 0.0, NEG_INF)
