@@ -26,6 +26,8 @@ TRAP = table({BOS: {A: 0.6, B: 0.4}, A: {C: 0.34, B: 0.33, EOS: 0.33}, B: {EOS: 
               C: {EOS: 1.0}})
 # Never ends by itself.
 ENDLESS = table({BOS: {C: 1.0}, C: {C: 1.0}, A: {C: 1.0}, B: {C: 1.0}, EOS: {C: 1.0}})
+# EOS at once (p 0.9), or C forever.
+EARLY = table({BOS: {EOS: 0.9, C: 0.1}, C: {C: 1.0}})
 # Ends after A A.
 SHORT = table({BOS: {A: 0.9, B: 0.1}, A: {A: 0.45, EOS: 0.55}, B: {EOS: 1.0}})
 
@@ -158,3 +160,18 @@ def test_constant_state_is_not_reordered_and_changes_nothing():
     np.testing.assert_array_equal(plain.tokens.numpy(), fast.tokens.numpy())
     np.testing.assert_allclose(plain.scores.numpy(), fast.scores.numpy(), atol=1e-5)
     np.testing.assert_allclose(plain.attention.numpy(), fast.attention.numpy(), atol=1e-6)
+
+
+def test_beam_stops_once_no_live_beam_can_win():
+    # after one step the finished hypothesis (log 0.9) beats anything the C... beam can
+    # still reach, so the search stops instead of running to the length limit
+    r = run(np.stack([EARLY]), [0], "beam", max_len=40, beam_size=2, alpha=0.6,
+            return_attention=True)
+    assert seqs(r) == [[]]
+    assert r.scores.numpy()[0, 0] == pytest.approx(math.log(0.9) / (5 / 6) ** 0.6, abs=1e-4)
+    assert r.attention.shape[2] == 1  # one step taken
+    # asking for 2 finished hypotheses needs the C beam to end: forced at the limit
+    r2 = run(np.stack([EARLY]), [0], "beam", max_len=40, beam_size=2, alpha=0.6, n_best=2,
+             return_attention=True)
+    assert seqs(r2, 1) == [[C] * 40]
+    assert r2.attention.shape[2] == 41

@@ -9,7 +9,8 @@ flattens beams into the batch (``batch * beam``), takes ``top_k`` over
 ``beam * vocab`` candidates, reorders the state with ``tf.gather``, starts with beam
 scores ``[0, -inf, ...]`` so the first step is not duplicated, ranks with the GNMT
 length penalty ``lp(|Y|) = ((5 + |Y|) / 6) ** alpha`` and keeps finished hypotheses
-frozen (they extend only with EOS at no cost) until every beam has finished.
+frozen (they extend only with EOS at no cost). A sentence stops as soon as no live beam
+can beat its n-best finished ones (an exact test, see ``beam_search``).
 
 Wrap a search in ``tf.function`` (see ``translator.Translator``) to compile it.
 """
@@ -20,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 StepFn = Callable[[tf.Tensor, Any], tuple[tf.Tensor, Any, tf.Tensor]]
@@ -158,8 +160,19 @@ def beam_search(
                tf.TensorArray(tf.int32, size=0, dynamic_size=True),   # parent beams
                tf.TensorArray(tf.float32, size=0, dynamic_size=True))  # attention
 
-    def cond(t, tokens, state, log_probs, finished, *_):
-        return tf.logical_and(t <= limit, tf.logical_not(tf.reduce_all(finished)))
+    best_possible = length_penalty(beam_max, alpha)
+
+    def cond(t, tokens, state, log_probs, finished, lengths, history):
+        # A sentence is settled once its n_best-th finished hypothesis scores at least
+        # what any live beam could still reach: log-probabilities only fall and the
+        # length penalty is largest at the length limit, so ``log_prob / lp(max_len)``
+        # bounds a live beam's final score. Stopping then returns exactly what
+        # running on would (those finished beams can no longer leave the top k).
+        final = tf.where(finished, log_probs / length_penalty(lengths, alpha), -np.inf)
+        nth_finished = tf.math.top_k(final, k=n_best).values[:, -1]
+        bound = tf.reduce_max(tf.where(finished, -np.inf, log_probs / best_possible), axis=1)
+        settled = tf.logical_or(tf.reduce_all(finished, axis=1), nth_finished >= bound)
+        return tf.logical_and(t <= limit, tf.logical_not(tf.reduce_all(settled)))
 
     def body(t, tokens, state, log_probs, finished, lengths, history):
         logits, new_state, attention = step_fn(tokens, {**state, **constant})
@@ -171,18 +184,20 @@ def beam_search(
         force = tf.logical_or(finished, t >= beam_max)
         logp = tf.where(force[:, :, tf.newaxis], eos_only[tf.newaxis, tf.newaxis], logp)
         total = log_probs[:, :, tf.newaxis] + logp  # (batch, k, vocab)
-        # EOS and finished beams do not lengthen a hypothesis
+        # EOS and finished beams do not lengthen a hypothesis; a candidate's length is
+        # one of two per beam, so the penalty is computed per beam, not per token
         grows = tf.logical_and(tf.logical_not(finished)[:, :, tf.newaxis],
                                tf.not_equal(tf.range(vocab), eos_id)[tf.newaxis, tf.newaxis])
-        new_len = lengths[:, :, tf.newaxis] + tf.cast(grows, tf.int32)
-        ranked = total / length_penalty(new_len, alpha)
-        _, top_idx = tf.math.top_k(tf.reshape(ranked, [batch, -1]), k=k)
+        inv_lp = tf.where(grows, 1.0 / length_penalty(lengths + 1, alpha)[:, :, tf.newaxis],
+                          1.0 / length_penalty(lengths, alpha)[:, :, tf.newaxis])
+        _, top_idx = tf.math.top_k(tf.reshape(total * inv_lp, [batch, -1]), k=k)
         parent = top_idx // vocab
         token = top_idx % vocab
         log_probs = tf.gather(tf.reshape(total, [batch, -1]), top_idx, batch_dims=1)
-        lengths = tf.gather(tf.reshape(new_len, [batch, -1]), top_idx, batch_dims=1)
-        finished = tf.logical_or(tf.gather(finished, parent, batch_dims=1),
-                                 tf.equal(token, eos_id))
+        was_finished = tf.gather(finished, parent, batch_dims=1)
+        lengths = tf.gather(lengths, parent, batch_dims=1) + tf.cast(
+            tf.logical_not(tf.logical_or(was_finished, tf.equal(token, eos_id))), tf.int32)
+        finished = tf.logical_or(was_finished, tf.equal(token, eos_id))
         flat = tf.reshape(parent + offsets, [-1])
         state = tf.nest.map_structure(lambda x: tf.gather(x, flat), state)
         out_tokens, parents, attn = history
