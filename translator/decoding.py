@@ -145,6 +145,8 @@ def beam_search(
     """
     if not 1 <= n_best <= beam_size:
         raise ValueError(f"n_best must be in [1, beam_size={beam_size}], got {n_best}")
+    if alpha < 0:  # the early stop relies on the penalty growing with length
+        raise ValueError(f"alpha (length penalty) must be >= 0, got {alpha}")
     k = beam_size
     batch = tf.shape(max_len)[0]
     limit = tf.reduce_max(max_len)
