@@ -37,7 +37,7 @@ def test_batches(setup, bucketing):
     expected_batches = count_batches(lengths, max_len=40, batch_tokens=300,
                                      bucketing=bucketing, fixed_batch_size=16)
     ds = make_dataset(kept, toks, max_len=40, batch_tokens=300, shuffle=True, seed=3,
-                      bucketing=bucketing, fixed_batch_size=16, num_batches=expected_batches)
+                      bucketing=bucketing, fixed_batch_size=16, lengths=lengths)
     assert ds.cardinality().numpy() == expected_batches
     seen = batches = 0
     for inputs, target_out, weight in ds:
@@ -68,9 +68,11 @@ def test_batches(setup, bucketing):
 def test_wrong_batch_count_is_caught(setup):
     pairs, toks = setup
     kept, _, _, lengths = filter_by_length(pairs, toks, max_len=40)
-    n = count_batches(lengths, max_len=40, batch_tokens=300)
-    ds = make_dataset(kept, toks, max_len=40, batch_tokens=300, shuffle=False,
-                      num_batches=n + 1)
+    # lengths that do not belong to these pairs: one more bucket's worth of sentences
+    wrong = lengths + [max(lengths)] * (300 // max(lengths) + 1)
+    assert count_batches(wrong, max_len=40, batch_tokens=300) > count_batches(
+        lengths, max_len=40, batch_tokens=300)
+    ds = make_dataset(kept, toks, max_len=40, batch_tokens=300, shuffle=False, lengths=wrong)
     with pytest.raises(tf.errors.FailedPreconditionError):
         for _ in ds:
             pass

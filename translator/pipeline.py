@@ -121,15 +121,16 @@ def make_dataset(
     bucketing: bool = True,
     fixed_batch_size: int = 64,
     pad_to_bucket_boundary: bool = False,
-    num_batches: int | None = None,
+    lengths: Sequence[int] | None = None,
 ) -> tf.data.Dataset:
     """Batches for training or evaluation from already length-filtered ``pairs``.
 
     With ``bucketing`` the batch size is token-based (``batch_tokens``); otherwise
     ``fixed_batch_size`` sentences padded to the longest one (the TF tutorial's way).
-    Tokenized sentences are cached in memory, so tokenization runs once. With
-    ``num_batches`` (from :func:`count_batches`) the dataset has a known length, which
-    Keras uses for its progress bar; the count is checked as the data flows.
+    Tokenized sentences are cached in memory, so tokenization runs once. Given the
+    pairs' ``lengths`` (from :func:`filter_by_length`) the dataset has a known length
+    (:func:`count_batches`), which Keras uses for its progress bar and the LR schedule
+    for its decay; the count is checked as the data flows.
     """
     ds = tf.data.Dataset.from_tensor_slices(
         (tf.constant(pairs.src, tf.string), tf.constant(pairs.tgt, tf.string))
@@ -151,8 +152,10 @@ def make_dataset(
         )
     else:
         ds = ds.padded_batch(fixed_batch_size, padding_values=(PAD_ID, PAD_ID, PAD_ID))
-    if num_batches is not None:
-        ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches))
+    if lengths is not None:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(count_batches(
+            lengths, max_len=max_len, batch_tokens=batch_tokens, bucketing=bucketing,
+            fixed_batch_size=fixed_batch_size)))
     return ds.map(_to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
         tf.data.AUTOTUNE
     )

@@ -27,7 +27,7 @@ from translator.corpus import Pairs
 from translator.fileio import write_json_atomic, write_text_atomic
 from translator.metrics import bleu
 from translator.model import Seq2Seq, build_model
-from translator.pipeline import count_batches, filter_by_length, make_dataset
+from translator.pipeline import filter_by_length, make_dataset
 from translator.prepare import RunPaths, ensure_prepared, read_prepared_split
 from translator.tokenizer import Tokenizers
 from translator.translator import BEST_WEIGHTS, Translator
@@ -246,8 +246,6 @@ def train(
     tokenizers = Tokenizers.load(paths.root)
     train_pairs, dropped, target_tokens, lengths = filter_by_length(
         read_prepared_split(paths, "train"), tokenizers, tc.max_len)
-    steps_per_epoch = count_batches(lengths, max_len=tc.max_len, batch_tokens=tc.batch_tokens,
-                                    bucketing=tc.bucketing, fixed_batch_size=tc.fixed_batch_size)
     if dropped:
         report(f"train: {dropped} pairs longer than train.max_len={tc.max_len} subwords skipped")
     dev = read_prepared_split(paths, "dev")
@@ -260,15 +258,14 @@ def train(
                    "(dev BLEU uses all)")
         dev_ds = make_dataset(dev_loss_pairs, tokenizers, max_len=tc.max_len,
                               batch_tokens=tc.batch_tokens, shuffle=False,
-                              pad_to_bucket_boundary=tc.jit_compile,
-                              num_batches=count_batches(dev_lengths, max_len=tc.max_len,
-                                                        batch_tokens=tc.batch_tokens))
+                              pad_to_bucket_boundary=tc.jit_compile, lengths=dev_lengths)
     train_ds = make_dataset(
         train_pairs, tokenizers, max_len=tc.max_len, batch_tokens=tc.batch_tokens,
         shuffle=True, seed=tc.seed, shuffle_buffer=tc.shuffle_buffer, bucketing=tc.bucketing,
         fixed_batch_size=tc.fixed_batch_size, pad_to_bucket_boundary=tc.jit_compile,
-        num_batches=steps_per_epoch,
+        lengths=lengths,
     )
+    steps_per_epoch = int(train_ds.cardinality())
     paths.checkpoints.mkdir(parents=True, exist_ok=True)
     state_path = paths.checkpoints / STATE_FILE
     state: dict[str, Any] = {}
