@@ -9,7 +9,8 @@ Variants, on the same model and the same shuffled training sentences:
   - ``default_xla`` (with ``--xla``): the default pipeline compiled with XLA.
 Each variant first runs ``--warmup`` batches (tracing; with XLA also one batch of
 every shape in the timed set, since XLA compiles once per shape, and the compile time
-is reported as ``warmup_seconds``), then is timed over ``--sentences`` sentences. Reported: target tokens/s (real tokens, no padding),
+is reported as ``warmup_seconds``), then is timed over ``--sentences`` sentences.
+Reported: target tokens/s (real tokens, no padding),
 peak RSS, analytic model FLOPs per target token (training = 3x forward) and the share
 of this CPU's fp32 peak (``--peak-gflops``; 2 cores AVX2+FMA ~ 157).
 """
@@ -76,9 +77,9 @@ def main() -> int:
             if sentences >= args.sentences:
                 break
         warm, timed = batches[: args.warmup], batches[args.warmup:]
-        shapes = {tuple(b[1].shape) for b in timed}
+        one_per_shape = {tuple(b[1].shape): b for b in timed}
         if xla:  # XLA compiles once per batch shape: compile every timed shape first
-            warm = warm + list({tuple(b[1].shape): b for b in timed}.values())
+            warm = warm + list(one_per_shape.values())
         tgt_tokens = float(sum(np.sum(b[2].numpy()) for b in timed))
         src_tokens = float(sum(np.sum(b[0]["source_ids"].numpy() != 0) for b in timed))
         padded = float(sum(np.prod(b[1].shape) for b in timed))
@@ -101,7 +102,7 @@ def main() -> int:
             "bench": "train", "variant": name, "config": args.config,
             "bucketing": bucketing, "xla": xla, "batch_tokens": tc.batch_tokens if bucketing else None,
             "batch_sentences": None if bucketing else 64,
-            "sentences": sentences, "batches": len(timed), "batch_shapes": len(shapes),
+            "sentences": sentences, "batches": len(timed), "batch_shapes": len(one_per_shape),
             "warmup_batches": len(warm), "warmup_seconds": round(warmup_seconds, 2),
             "seconds": round(seconds, 2),
             "tgt_tokens_per_sec": round(tps, 1),

@@ -196,10 +196,10 @@ def beam_search(
         parent = top_idx // vocab
         token = top_idx % vocab
         log_probs = tf.gather(tf.reshape(total, [batch, -1]), top_idx, batch_dims=1)
-        was_finished = tf.gather(finished, parent, batch_dims=1)
+        finished = tf.logical_or(tf.gather(finished, parent, batch_dims=1),
+                                 tf.equal(token, eos_id))
         lengths = tf.gather(lengths, parent, batch_dims=1) + tf.cast(
-            tf.logical_not(tf.logical_or(was_finished, tf.equal(token, eos_id))), tf.int32)
-        finished = tf.logical_or(was_finished, tf.equal(token, eos_id))
+            tf.logical_not(finished), tf.int32)
         flat = tf.reshape(parent + offsets, [-1])
         state = tf.nest.map_structure(lambda x: tf.gather(x, flat), state)
         out_tokens, parents, attn = history
@@ -212,7 +212,7 @@ def beam_search(
         return (t + 1, tf.reshape(token, [-1]), state, log_probs, finished, lengths,
                 (out_tokens, parents, attn))
 
-    _, _, _, log_probs, finished, lengths, history = tf.while_loop(
+    _, _, _, log_probs, _, lengths, history = tf.while_loop(
         cond, body, (tf.constant(0), tokens, state, log_probs, finished, lengths, history))
     scores = log_probs / length_penalty(lengths, alpha)
     order = tf.argsort(scores, axis=1, direction="DESCENDING", stable=True)[:, :n_best]
