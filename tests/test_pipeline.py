@@ -1,3 +1,5 @@
+import bisect
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -96,3 +98,27 @@ def test_shuffle_is_seeded(setup):
         return next(iter(ds))[0]["source_ids"].numpy()
 
     np.testing.assert_array_equal(first(5), first(5))
+
+
+def test_partial_batches_are_spread_over_the_epoch(setup):
+    """Bucketing flushes its partial batches last; a shuffled epoch must not end with them."""
+    pairs, toks = setup
+    kept, _, _, lengths = filter_by_length(pairs, toks, max_len=40)
+    bounds = bucket_boundaries(40)
+    sizes = bucket_batch_sizes(bounds, 300)
+
+    def partial_positions(shuffle):
+        ds = make_dataset(kept, toks, max_len=40, batch_tokens=300, shuffle=shuffle, seed=1,
+                          lengths=lengths)
+        flags = []
+        for inputs, _, _ in ds:
+            src, tin = inputs["source_ids"].shape, inputs["target_in"].shape
+            # the batch is as wide as its longest element, which picks the bucket
+            flags.append(src[0] < sizes[bisect.bisect_right(bounds, max(src[1], tin[1]))])
+        return [i for i, f in enumerate(flags) if f], len(flags)
+
+    positions, n = partial_positions(shuffle=False)
+    assert len(positions) >= 3  # the fixture has several part-filled buckets
+    assert positions == list(range(n - len(positions), n))  # unshuffled: all at the end
+    positions, n = partial_positions(shuffle=True)
+    assert positions != list(range(n - len(positions), n))

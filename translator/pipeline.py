@@ -118,6 +118,7 @@ def make_dataset(
     shuffle: bool,
     seed: int = 0,
     shuffle_buffer: int = 200_000,
+    batch_shuffle_buffer: int = 10_000,
     bucketing: bool = True,
     fixed_batch_size: int = 64,
     pad_to_bucket_boundary: bool = False,
@@ -130,7 +131,8 @@ def make_dataset(
     Tokenized sentences are cached in memory, so tokenization runs once. Given the
     pairs' ``lengths`` (from :func:`filter_by_length`) the dataset has a known length
     (:func:`count_batches`), which Keras uses for its progress bar and the LR schedule
-    for its decay; the count is checked as the data flows.
+    for its decay; the count is checked as the data flows. With ``shuffle`` and
+    ``bucketing`` the batches are shuffled too (``batch_shuffle_buffer`` batches).
     """
     ds = tf.data.Dataset.from_tensor_slices(
         (tf.constant(pairs.src, tf.string), tf.constant(pairs.tgt, tf.string))
@@ -150,6 +152,12 @@ def make_dataset(
             pad_to_bucket_boundary=pad_to_bucket_boundary,
             padding_values=(PAD_ID, PAD_ID, PAD_ID),
         )
+        if shuffle:
+            # Bucketing flushes its partial (often tiny) batches at the end of every
+            # epoch; shuffling the batches spreads them out, so the epoch does not end
+            # with a run of noisy full-size Adam steps.
+            ds = ds.shuffle(batch_shuffle_buffer, seed=seed + 1,
+                            reshuffle_each_iteration=True)
     else:
         ds = ds.padded_batch(fixed_batch_size, padding_values=(PAD_ID, PAD_ID, PAD_ID))
     if lengths is not None:
