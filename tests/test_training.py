@@ -120,3 +120,55 @@ def test_resume_after_sigkill(tmp_path):
     assert resumed_epoch >= epoch and resumed_steps == per_epoch * resumed_epoch
     assert resumed_steps >= steps
     assert final_state["epoch"] == 4
+
+
+def test_average_checkpoints(memorized_run, run_cli, tmp_path):
+    import keras
+    import numpy as np
+
+    from translator.config import load_config
+    from translator.model import build_model
+    from translator.tokenizer import Tokenizers
+
+    run = memorized_run["run_dir"]
+    ckpts = run / "checkpoints"
+    # 60 epochs, train.keep_checkpoints 5 (the default): the newest five are kept
+    assert sorted(p.name for p in ckpts.glob("epoch-*.keras")) == [
+        f"epoch-{e}.keras" for e in range(56, 61)]
+    code, out, err = run_cli("average", run, "--last", "3")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["epochs"] == [58, 59, 60]
+    # the file holds the element-wise mean of the three checkpoints' weights
+    toks = Tokenizers.load(run)
+    model = build_model(load_config(run / "config.yaml").model, toks.src.vocab_size,
+                        toks.tgt.vocab_size)
+    per_epoch = []
+    for e in (58, 59, 60):
+        model.load_weights(ckpts / f"epoch-{e}.keras")
+        per_epoch.append([w.numpy() for w in model.weights])
+    model.load_weights(result["output"])
+    averaged = [w.numpy() for w in model.weights]
+    assert any(not np.array_equal(a, b) for a, b in zip(per_epoch[0], per_epoch[2], strict=True))
+    for got, *parts in zip(averaged, *per_epoch, strict=True):
+        np.testing.assert_allclose(got, np.mean(parts, axis=0), rtol=1e-6, atol=1e-7)
+    keras.backend.clear_session()
+    # evaluate / translate load it by name from the run's checkpoints/
+    src, tgt = memorized_run["src"], memorized_run["tgt"]
+    (tmp_path / "s.txt").write_text("\n".join(src) + "\n", encoding="utf-8")
+    (tmp_path / "r.txt").write_text("\n".join(tgt) + "\n", encoding="utf-8")
+    code, out, err = run_cli("evaluate", run, "--src", tmp_path / "s.txt", "--ref",
+                             tmp_path / "r.txt", "--weights", "averaged.weights.h5",
+                             "--output", tmp_path / "hyp.txt")
+    assert code == 0, err
+    assert json.loads(out)["weights"] == "averaged.weights.h5"
+    # what is not there gets one line and exit code 2
+    for argv, message in (
+        (["average", run, "--last", "6"], "5 epoch checkpoint(s) kept, 6 asked"),
+        (["average", run, "--epochs", "3", "60"], "no checkpoint for epoch(s) [3]"),
+        (["average", run, "--last", "2", "--output", tmp_path / "avg.h5"], "must end in .weights.h5"),
+        (["translate", run, "x", "--weights", "nope.weights.h5"], "no such weights file"),
+    ):
+        code, out, err = run_cli(*argv)
+        assert code == 2 and message in err and "Traceback" not in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1

@@ -1,4 +1,4 @@
-"""Command line: ``translator {prepare,train,translate,evaluate,download}``.
+"""Command line: ``translator {prepare,train,translate,evaluate,average,download}``.
 
 The only module that reads argv, writes to stdout/stderr and chooses exit codes.
 Bad input (files, config, flags) -> one line on stderr and exit code 2.
@@ -68,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to write hypotheses (default RUN_DIR/eval/<split>.hyp)")
     _decode_flags(p)
 
+    p = sub.add_parser("average", help="average the weights of the last epoch checkpoints")
+    p.add_argument("run_dir")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--last", type=int, metavar="N",
+                       help="the newest N kept epoch checkpoints (default: all kept)")
+    group.add_argument("--epochs", type=int, nargs="+", metavar="E", help="these epochs")
+    p.add_argument("--output", "-o", metavar="FILE.weights.h5",
+                   help="default RUN_DIR/checkpoints/averaged.weights.h5")
+
     p = sub.add_parser("download", help="fetch a public corpus (needs internet)")
     p.add_argument("name", help="spa-eng or multi30k")
     p.add_argument("--dest", metavar="DIR", help="default: the data root")
@@ -76,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _decode_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", metavar="FILE", help=(
+        "weights to load (default: checkpoints/best.weights.h5; a bare name is looked up "
+        "in the run's checkpoints/, e.g. averaged.weights.h5)"))
     p.add_argument("--beam-size", type=int, metavar="K", help="1 = greedy (default: config)")
     p.add_argument("--length-penalty", type=float, metavar="A", help="GNMT alpha")
     p.add_argument("--batch-size", type=int, metavar="B", help="sentences per batch")
@@ -226,7 +238,7 @@ def cmd_translate(args) -> int:
         texts = _read_text_lines(args.input)
     from translator.translator import Translator
 
-    t = Translator.load(args.run_dir)
+    t = Translator.load(args.run_dir, args.weights)
     show = args.input is not None and sys.stderr.isatty()
     bar, advance = _progress(len(texts), show)
     with bar:
@@ -268,7 +280,7 @@ def cmd_evaluate(args) -> int:
     from translator.metrics import score_all
     from translator.translator import Translator
 
-    t = Translator.load(run_dir)
+    t = Translator.load(run_dir, args.weights)
     beam = args.beam_size or t.decode.beam_size
     alpha = t.decode.length_penalty if args.length_penalty is None else args.length_penalty
     bar, advance = _progress(len(src), sys.stderr.isatty())
@@ -281,9 +293,18 @@ def cmd_evaluate(args) -> int:
     out = Path(args.output) if args.output else run_dir / "eval" / f"{name}.hyp"
     _write_lines(str(out), hyps)
     scores = score_all(hyps, ref)
-    scores.update({"split": name, "beam_size": beam, "length_penalty": alpha,
+    scores.update({"split": name, "weights": args.weights or "best.weights.h5",
+                   "beam_size": beam, "length_penalty": alpha,
                    "translate_seconds": round(seconds, 1), "hypotheses": str(out)})
     print(json.dumps(scores))
+    return 0
+
+
+def cmd_average(args) -> int:
+    from translator.averaging import average_checkpoints
+
+    print(json.dumps(average_checkpoints(args.run_dir, last=args.last, epochs=args.epochs,
+                                         output=args.output)))
     return 0
 
 
@@ -299,7 +320,7 @@ def cmd_download(args) -> int:
 
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "translate": cmd_translate,
-            "evaluate": cmd_evaluate, "download": cmd_download}
+            "evaluate": cmd_evaluate, "average": cmd_average, "download": cmd_download}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -139,6 +139,7 @@ class TrainConfig:
     clip_norm: float = 1.0
     label_smoothing: float = 0.1
     patience: int = 5
+    keep_checkpoints: int = 5  # newest epoch-N.keras files kept (for `translator average`)
     seed: int = 1234
     shuffle_buffer: int = 200_000
     dev_bleu_sentences: int | None = None
@@ -163,6 +164,7 @@ class TrainConfig:
         _range("train.clip_norm", self.clip_norm, 0.0, None)
         _range("train.label_smoothing", self.label_smoothing, 0.0, 0.99)
         _range("train.patience", self.patience, 1, None)
+        _range("train.keep_checkpoints", self.keep_checkpoints, 1, None)
         _range("train.shuffle_buffer", self.shuffle_buffer, 1, None)
         if self.dev_bleu_sentences is not None:
             _range("train.dev_bleu_sentences", self.dev_bleu_sentences, 1, None)

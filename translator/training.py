@@ -4,7 +4,8 @@ stopping on dev BLEU, TerminateOnNaN, TensorBoard scalars and ``metrics.jsonl``.
 
 Resume: every epoch writes ``checkpoints/epoch-N.keras`` (model + optimizer state)
 atomically, then ``checkpoints/state.json`` pointing at it. Re-running the same
-command loads that checkpoint and continues at epoch N + 1.
+command loads that checkpoint and continues at epoch N + 1. The newest
+``train.keep_checkpoints`` epoch files are kept, for checkpoint averaging.
 """
 
 from __future__ import annotations
@@ -185,13 +186,14 @@ class EpochEnd(keras.callbacks.Callback):
             os.fsync(f.fileno())
         ckpt = self.paths.checkpoints / f"epoch-{number}.keras"
         save_model_atomic(self.model, ckpt)
-        previous = st.get("last")
         st.update({"epoch": number, "last": ckpt.name,
                    "optimizer_steps": record["optimizer_steps"],
                    "train_wall_seconds": round(st.get("train_wall_seconds", 0.0) + seconds, 1)})
         write_json_atomic(self.paths.checkpoints / STATE_FILE, st)
-        if previous and previous != ckpt.name:
-            (self.paths.checkpoints / previous).unlink(missing_ok=True)
+        for old in self.paths.checkpoints.glob("epoch-*.keras"):
+            n = old.name.removeprefix("epoch-").removesuffix(".keras")
+            if n.isdigit() and int(n) <= number - self.cfg.train.keep_checkpoints:
+                old.unlink(missing_ok=True)
         with self.writer.as_default(step=number):
             for key in ("loss", "dev_loss", "dev_bleu", "learning_rate", "tgt_tokens_per_sec"):
                 if record[key] is not None:

@@ -54,16 +54,22 @@ class Translator:
 
     @classmethod
     def load(cls, run_dir: str | Path, weights: str | Path | None = None) -> Translator:
-        """Load from a run dir: ``config.yaml``, tokenizer and the best weights."""
+        """Load from a run dir: ``config.yaml``, tokenizer and the best weights (or
+        ``weights``: a path, or a file name in the run's ``checkpoints/``)."""
         paths = RunPaths(Path(run_dir))
         if not paths.config.is_file():
             raise UserError(f"{run_dir}: not a run dir (no config.yaml); train one first")
         cfg: Config = load_config(paths.config)
         tokenizers = Tokenizers.load(paths.root)
         model = build_model(cfg.model, tokenizers.src.vocab_size, tokenizers.tgt.vocab_size)
-        weights = Path(weights) if weights else paths.checkpoints / BEST_WEIGHTS
-        if not weights.is_file():
-            raise UserError(f"{weights}: no trained weights; run `translator train` first")
+        if not weights:
+            weights = paths.checkpoints / BEST_WEIGHTS
+            if not weights.is_file():
+                raise UserError(f"{weights}: no trained weights; run `translator train` first")
+        elif not Path(weights).is_file():
+            if not (paths.checkpoints / weights).is_file():
+                raise UserError(f"{weights}: no such weights file (nor in {paths.checkpoints})")
+            weights = paths.checkpoints / weights  # a name inside the run's checkpoints/
         model.load_weights(weights)
         return cls(model, tokenizers, cfg.decode)
 

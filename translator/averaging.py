@@ -1,0 +1,91 @@
+"""``average``: the element-wise mean of the weights of several epoch checkpoints.
+
+Averaging the last few checkpoints of a run (OpenNMT-tf ``average_checkpoints``,
+fairseq ``average_checkpoints.py``) smooths out the noise of the final updates. Training
+keeps the newest ``train.keep_checkpoints`` ``epoch-N.keras`` files for this; the mean
+is written as a weights file that ``translate`` / ``evaluate --weights`` load.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from translator.config import load_config
+from translator.errors import UserError
+from translator.model import build_model
+from translator.prepare import RunPaths
+from translator.tokenizer import Tokenizers
+from translator.training import save_weights_atomic
+
+AVERAGED_WEIGHTS = "averaged.weights.h5"
+_EPOCH_FILE = re.compile(r"epoch-(\d+)\.keras")
+
+
+def epoch_checkpoints(run_dir: Path) -> dict[int, Path]:
+    """The run's kept ``epoch-N.keras`` files, by epoch number."""
+    ckpts = RunPaths(run_dir).checkpoints
+    found = {}
+    if ckpts.is_dir():
+        for path in ckpts.iterdir():
+            m = _EPOCH_FILE.fullmatch(path.name)
+            if m:
+                found[int(m.group(1))] = path
+    return dict(sorted(found.items()))
+
+
+def average_checkpoints(
+    run_dir: str | Path,
+    *,
+    last: int | None = None,
+    epochs: list[int] | None = None,
+    output: str | Path | None = None,
+) -> dict:
+    """Average the ``last`` N kept epoch checkpoints (or exactly ``epochs``) of a run.
+
+    Float weights are averaged in float64; any other variable keeps the value of the
+    newest checkpoint. Returns the epochs averaged and the output path.
+    """
+    run_dir = Path(run_dir)
+    paths = RunPaths(run_dir)
+    if not paths.config.is_file():
+        raise UserError(f"{run_dir}: not a run dir (no config.yaml); train one first")
+    available = epoch_checkpoints(run_dir)
+    if epochs:
+        missing = sorted(set(epochs) - set(available))
+        if missing:
+            raise UserError(
+                f"{paths.checkpoints}: no checkpoint for epoch(s) {missing}; kept: "
+                f"{sorted(available) or 'none'} (raise train.keep_checkpoints to keep more)")
+        chosen = sorted(set(epochs))
+    else:
+        n = last if last is not None else len(available)
+        if n < 1:
+            raise UserError(f"--last must be >= 1, got {n}")
+        if len(available) < n:
+            raise UserError(
+                f"{paths.checkpoints}: {len(available)} epoch checkpoint(s) kept, {n} asked; "
+                "lower --last or raise train.keep_checkpoints")
+        chosen = sorted(available)[-n:]
+    cfg = load_config(paths.config)
+    toks = Tokenizers.load(paths.root)
+    model = build_model(cfg.model, toks.src.vocab_size, toks.tgt.vocab_size)
+    total: list[np.ndarray] | None = None
+    for epoch in chosen:
+        model.load_weights(available[epoch])
+        values = [np.asarray(w.numpy()) for w in model.weights]
+        if total is None:
+            total = [v.astype(np.float64) if v.dtype.kind == "f" else v for v in values]
+        else:
+            total = [t + v if v.dtype.kind == "f" else v for t, v in zip(total, values, strict=True)]
+    assert total is not None
+    for w, t in zip(model.weights, total, strict=True):
+        w.assign((t / len(chosen)).astype(w.dtype) if t.dtype.kind == "f" else t)
+    out = Path(output) if output else paths.checkpoints / AVERAGED_WEIGHTS
+    if not out.name.endswith(".weights.h5"):
+        raise UserError(f"{out}: the output name must end in .weights.h5 (Keras requires it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_weights_atomic(model, out)
+    return {"run_dir": str(run_dir), "epochs": chosen, "output": str(out)}
