@@ -8,32 +8,16 @@ is written as a weights file that ``translate`` / ``evaluate --weights`` load.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 
-from translator.config import load_config
 from translator.errors import UserError
-from translator.model import build_model
 from translator.prepare import RunPaths
-from translator.tokenizer import Tokenizers
 from translator.training import save_weights_atomic
+from translator.translator import Translator
 
 AVERAGED_WEIGHTS = "averaged.weights.h5"
-_EPOCH_FILE = re.compile(r"epoch-(\d+)\.keras")
-
-
-def epoch_checkpoints(run_dir: Path) -> dict[int, Path]:
-    """The run's kept ``epoch-N.keras`` files, by epoch number."""
-    ckpts = RunPaths(run_dir).checkpoints
-    found = {}
-    if ckpts.is_dir():
-        for path in ckpts.iterdir():
-            m = _EPOCH_FILE.fullmatch(path.name)
-            if m:
-                found[int(m.group(1))] = path
-    return dict(sorted(found.items()))
 
 
 def average_checkpoints(
@@ -52,13 +36,15 @@ def average_checkpoints(
     paths = RunPaths(run_dir)
     if not paths.config.is_file():
         raise UserError(f"{run_dir}: not a run dir (no config.yaml); train one first")
-    available = epoch_checkpoints(run_dir)
+    available = paths.epoch_checkpoints()
+    if not available:
+        raise UserError(f"{paths.checkpoints}: no epoch-N.keras checkpoints; train first")
     if epochs:
         missing = sorted(set(epochs) - set(available))
         if missing:
             raise UserError(
                 f"{paths.checkpoints}: no checkpoint for epoch(s) {missing}; kept: "
-                f"{sorted(available) or 'none'} (raise train.keep_checkpoints to keep more)")
+                f"{sorted(available)} (raise train.keep_checkpoints to keep more)")
         chosen = sorted(set(epochs))
     else:
         n = last if last is not None else len(available)
@@ -69,9 +55,7 @@ def average_checkpoints(
                 f"{paths.checkpoints}: {len(available)} epoch checkpoint(s) kept, {n} asked; "
                 "lower --last or raise train.keep_checkpoints")
         chosen = sorted(available)[-n:]
-    cfg = load_config(paths.config)
-    toks = Tokenizers.load(paths.root)
-    model = build_model(cfg.model, toks.src.vocab_size, toks.tgt.vocab_size)
+    model = Translator.load(run_dir, available[chosen[0]]).model
     total: list[np.ndarray] | None = None
     for epoch in chosen:
         model.load_weights(available[epoch])

@@ -49,6 +49,19 @@ class RunPaths:
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 
+    def epoch_checkpoint(self, epoch: int) -> Path:
+        return self.checkpoints / f"epoch-{epoch}.keras"
+
+    def epoch_checkpoints(self) -> dict[int, Path]:
+        """The ``epoch-N.keras`` files present, by epoch number, oldest first."""
+        found = {}
+        if self.checkpoints.is_dir():
+            for path in self.checkpoints.glob("epoch-*.keras"):
+                number = path.name.removeprefix("epoch-").removesuffix(".keras")
+                if number.isdigit():
+                    found[int(number)] = path
+        return dict(sorted(found.items()))
+
     @property
     def metrics(self) -> Path:
         return self.root / "metrics.jsonl"

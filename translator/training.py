@@ -184,15 +184,14 @@ class EpochEnd(keras.callbacks.Callback):
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        ckpt = self.paths.checkpoints / f"epoch-{number}.keras"
+        ckpt = self.paths.epoch_checkpoint(number)
         save_model_atomic(self.model, ckpt)
         st.update({"epoch": number, "last": ckpt.name,
                    "optimizer_steps": record["optimizer_steps"],
                    "train_wall_seconds": round(st.get("train_wall_seconds", 0.0) + seconds, 1)})
         write_json_atomic(self.paths.checkpoints / STATE_FILE, st)
-        for old in self.paths.checkpoints.glob("epoch-*.keras"):
-            n = old.name.removeprefix("epoch-").removesuffix(".keras")
-            if n.isdigit() and int(n) <= number - self.cfg.train.keep_checkpoints:
+        for epoch, old in self.paths.epoch_checkpoints().items():
+            if epoch <= number - self.cfg.train.keep_checkpoints:
                 old.unlink(missing_ok=True)
         with self.writer.as_default(step=number):
             for key in ("loss", "dev_loss", "dev_bleu", "learning_rate", "tgt_tokens_per_sec"):
