@@ -55,16 +55,13 @@ def average_checkpoints(
                 f"{paths.checkpoints}: {len(available)} epoch checkpoint(s) kept, {n} asked; "
                 "lower --last or raise train.keep_checkpoints")
         chosen = sorted(available)[-n:]
-    model = Translator.load(run_dir, available[chosen[0]]).model
-    total: list[np.ndarray] | None = None
-    for epoch in chosen:
+    model = Translator.load(run_dir, available[chosen[0]]).model  # holds the first one
+    total = [v.astype(np.float64) if v.dtype.kind == "f" else v
+             for v in (w.numpy() for w in model.weights)]
+    for epoch in chosen[1:]:
         model.load_weights(available[epoch])
-        values = [np.asarray(w.numpy()) for w in model.weights]
-        if total is None:
-            total = [v.astype(np.float64) if v.dtype.kind == "f" else v for v in values]
-        else:
-            total = [t + v if v.dtype.kind == "f" else v for t, v in zip(total, values, strict=True)]
-    assert total is not None
+        total = [t + w.numpy() if t.dtype.kind == "f" else w.numpy()
+                 for t, w in zip(total, model.weights, strict=True)]
     for w, t in zip(model.weights, total, strict=True):
         w.assign((t / len(chosen)).astype(w.dtype) if t.dtype.kind == "f" else t)
     out = Path(output) if output else paths.checkpoints / AVERAGED_WEIGHTS

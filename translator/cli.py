@@ -278,7 +278,7 @@ def cmd_evaluate(args) -> int:
             raise UserError(f"{run_dir}: has no {args.split} split; use --src F --ref F")
         src, ref, name = pairs.src, pairs.tgt, args.split
     from translator.metrics import score_all
-    from translator.translator import Translator
+    from translator.translator import BEST_WEIGHTS, Translator
 
     t = Translator.load(run_dir, args.weights)
     beam = args.beam_size or t.decode.beam_size
@@ -293,7 +293,7 @@ def cmd_evaluate(args) -> int:
     out = Path(args.output) if args.output else run_dir / "eval" / f"{name}.hyp"
     _write_lines(str(out), hyps)
     scores = score_all(hyps, ref)
-    scores.update({"split": name, "weights": args.weights or "best.weights.h5",
+    scores.update({"split": name, "weights": args.weights or BEST_WEIGHTS,
                    "beam_size": beam, "length_penalty": alpha,
                    "translate_seconds": round(seconds, 1), "hypotheses": str(out)})
     print(json.dumps(scores))
