@@ -230,6 +230,20 @@ def _truncate_metrics(path: Path, epoch: int) -> None:
 # ----------------------------------------------------------------------------- entry point
 
 
+def stream_seed(seed: int, initial_epoch: int) -> int:
+    """The seed of the data shuffle and dropout streams of a run that starts at ``initial_epoch``.
+
+    A fresh run uses ``train.seed``. A resumed run needs other streams: ``tf.data``
+    reshuffles from its seed again in a new process, and Keras does not save a dropout
+    layer's seed state in the ``.keras`` file, so reusing the seed would replay the batch
+    order and dropout masks of epochs 1, 2, ... A different seed per resume epoch avoids
+    that and keeps a resumed run reproducible for the same interruption point.
+    """
+    if initial_epoch == 0:
+        return seed
+    return (seed * 1_000_003 + initial_epoch) % 2**31
+
+
 def train(
     cfg: Config,
     data_root: Path,
@@ -241,7 +255,14 @@ def train(
     paths = ensure_prepared(cfg, data_root, step)
     write_text_atomic(paths.config, dump_config(cfg))
     tc = cfg.train
-    keras.utils.set_random_seed(tc.seed)
+    paths.checkpoints.mkdir(parents=True, exist_ok=True)
+    state_path = paths.checkpoints / STATE_FILE
+    state: dict[str, Any] = {}
+    if state_path.is_file():
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    initial_epoch = int(state.get("epoch", 0))
+    seed = stream_seed(tc.seed, initial_epoch)
+    keras.utils.set_random_seed(seed)
     if tc.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     tokenizers = Tokenizers.load(paths.root)
@@ -262,24 +283,19 @@ def train(
                               pad_to_bucket_boundary=tc.jit_compile, lengths=dev_lengths)
     train_ds = make_dataset(
         train_pairs, tokenizers, max_len=tc.max_len, batch_tokens=tc.batch_tokens,
-        shuffle=True, seed=tc.seed, shuffle_buffer=tc.shuffle_buffer, bucketing=tc.bucketing,
+        shuffle=True, seed=seed, shuffle_buffer=tc.shuffle_buffer, bucketing=tc.bucketing,
         fixed_batch_size=tc.fixed_batch_size, pad_to_bucket_boundary=tc.jit_compile,
         lengths=lengths,
     )
     steps_per_epoch = int(train_ds.cardinality())
-    paths.checkpoints.mkdir(parents=True, exist_ok=True)
-    state_path = paths.checkpoints / STATE_FILE
-    state: dict[str, Any] = {}
-    if state_path.is_file():
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-    initial_epoch = int(state.get("epoch", 0))
     if initial_epoch:
         model = keras.saving.load_model(paths.checkpoints / state["last"])
         if model.jit_compile != tc.jit_compile:
             model.jit_compile = tc.jit_compile
         _truncate_metrics(paths.metrics, initial_epoch)
         report(f"resuming from {state['last']} (epoch {initial_epoch}, "
-               f"optimizer step {int(model.optimizer.iterations.numpy())})")
+               f"optimizer step {int(model.optimizer.iterations.numpy())}; "
+               f"shuffle and dropout reseeded with {seed})")
     else:
         model = build_model(cfg.model, tokenizers.src.vocab_size, tokenizers.tgt.vocab_size)
         compile_model(model, tc, total_steps=tc.epochs * steps_per_epoch)
@@ -297,4 +313,5 @@ def train(
         model.fit(train_ds, validation_data=dev_ds, epochs=tc.epochs, shuffle=False,
                   initial_epoch=initial_epoch, callbacks=[keras.callbacks.TerminateOnNaN(),
                                                           callback], verbose=verbose)
-    return {"run_dir": str(paths.root), "parameters": model.count_params(), **state}
+    return {"run_dir": str(paths.root), "parameters": model.count_params(), "seed": seed,
+            **state}
