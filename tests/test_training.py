@@ -156,7 +156,7 @@ def test_resume_draws_new_shuffle_and_dropout_streams(tmp_path):
                           lengths=lengths)
         return [inputs["source_ids"].numpy()[0].tolist() for inputs, _, _ in ds]
 
-    # tf.data replays an order from its seed in a new process (the bug); a new seed does not
+    # a new dataset replays the order of its seed (what a resume with train.seed did)
     assert batch_order(first["seed"]) == batch_order(first["seed"])
     assert batch_order(first["seed"]) != batch_order(second["seed"])
 
