@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 CORPUS_DIR = "corpus"
 CONFIG_FILE = "config.yaml"
 STATS_FILE = "prepare.json"
+STATE_FILE = "state.json"
 SPLITS = ("train", "dev", "test")
 
 Step = Callable[[str], None]
@@ -48,6 +49,11 @@ class RunPaths:
     @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
+
+    @property
+    def train_state(self) -> Path:
+        """Training progress (last epoch, best dev BLEU, ...), written after every epoch."""
+        return self.checkpoints / STATE_FILE
 
     def epoch_checkpoint(self, epoch: int) -> Path:
         return self.checkpoints / f"epoch-{epoch}.keras"

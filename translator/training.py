@@ -35,8 +35,6 @@ from translator.translator import BEST_WEIGHTS, Translator
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.json"
-
 
 # ----------------------------------------------------------------------------- loss, LR
 
@@ -189,7 +187,7 @@ class EpochEnd(keras.callbacks.Callback):
         st.update({"epoch": number, "last": ckpt.name,
                    "optimizer_steps": record["optimizer_steps"],
                    "train_wall_seconds": round(st.get("train_wall_seconds", 0.0) + seconds, 1)})
-        write_json_atomic(self.paths.checkpoints / STATE_FILE, st)
+        write_json_atomic(self.paths.train_state, st)
         for epoch, old in self.paths.epoch_checkpoints().items():
             if epoch <= number - self.cfg.train.keep_checkpoints:
                 old.unlink(missing_ok=True)
@@ -256,10 +254,9 @@ def train(
     write_text_atomic(paths.config, dump_config(cfg))
     tc = cfg.train
     paths.checkpoints.mkdir(parents=True, exist_ok=True)
-    state_path = paths.checkpoints / STATE_FILE
     state: dict[str, Any] = {}
-    if state_path.is_file():
-        state = json.loads(state_path.read_text(encoding="utf-8"))
+    if paths.train_state.is_file():
+        state = json.loads(paths.train_state.read_text(encoding="utf-8"))
     initial_epoch = int(state.get("epoch", 0))
     seed = stream_seed(tc.seed, initial_epoch)
     keras.utils.set_random_seed(seed)
