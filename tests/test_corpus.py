@@ -106,3 +106,22 @@ def test_data_root_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("TRANSLATOR_DATA_ROOT", str(tmp_path))
     assert resolve_data_root() == tmp_path
     assert str(resolve_data_root("/elsewhere")) == "/elsewhere"
+
+
+def test_length_rules_count_words_in_scripts_without_spaces():
+    from translator.corpus import length_units
+
+    assert length_units("I like green tea.") == 4
+    assert length_units("我喜欢绿茶。") == 5  # one per Han character, punctuation is free
+    assert length_units("我用 Python 3 写代码") == 7
+    assert length_units("トムは行った。") == 3  # 5 kana letters -> 2, 1 Han character
+    assert length_units("ฉันชอบชา") == 3  # 8 Thai letters, 3 per word
+    # a Chinese sentence is one whitespace "word": the ratio rule used to drop the pair
+    cfg = DataConfig(train="x", max_ratio=3.0, min_ratio_words=3)
+    pairs = Pairs(["我们明天早上八点在学校门口见面。", "他很高兴。"],
+                  ["We will meet at the school gate at eight tomorrow morning.", "He is happy."])
+    kept, dropped = clean(pairs, cfg)
+    assert len(kept) == 2 and dropped["ratio"] == 0
+    # and a real length mismatch is still caught in these scripts
+    kept, dropped = clean(Pairs(["好。"], ["Yes, of course, I will be very glad to do that."]), cfg)
+    assert len(kept) == 0 and dropped["ratio"] == 1

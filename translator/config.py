@@ -32,6 +32,9 @@ class DataConfig:
     the source and target in the columns ``src_column`` / ``tgt_column`` (0-based).
     ``dev`` / ``test`` are optional: when missing they are split off ``train``,
     grouped by source sentence so that no dev/test source occurs in training.
+    The cleaning limits ``max_words`` / ``max_ratio`` / ``min_ratio_words`` count words as
+    :func:`translator.corpus.length_units` does (Han characters count one each, kana
+    and Thai-like letters one per three, other scripts by whitespace).
     """
 
     src_lang: str = "src"

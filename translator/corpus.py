@@ -23,6 +23,19 @@ DATA_ROOT_ENV = "TRANSLATOR_DATA_ROOT"
 DEFAULT_DATA_ROOT = "./data"
 _SPACES = re.compile(r"\s+")
 
+# Scripts written without spaces between words. A Han character is about a word (Chinese
+# words average 1.5 characters); kana, Thai, Lao, Tibetan, Myanmar and Khmer words are
+# several letters long, so three of their letters count as one word. Hangul is not here:
+# Korean separates words with spaces.
+_HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
+_LETTERS = "\u0e00-\u0eff\u0f00-\u0fff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u31f0-\u31ff"
+LETTERS_PER_WORD = 3
+# CJK punctuation and full-width punctuation: not a word of its own.
+_CJK_PUNCT = "\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65"
+_HAN_CHAR = re.compile(f"[{_HAN}]")
+_LETTER_CHAR = re.compile(f"[{_LETTERS}]")
+_NOT_A_WORD = re.compile(f"[{_HAN}{_LETTERS}{_CJK_PUNCT}]")
+
 #: Cleaning rules in the order they are applied; each one's drop count is reported.
 CLEANING_RULES = ("empty", "too_long", "ratio", "duplicate")
 
@@ -69,6 +82,20 @@ def resolve_data_root(cli_value: str | None = None) -> Path:
 def normalize(line: str) -> str:
     """Strip a BOM, line ends and surrounding whitespace; fold internal runs of spaces."""
     return _SPACES.sub(" ", line.replace("\ufeff", "")).strip()
+
+
+def length_units(sentence: str) -> int:
+    """The length in words that the cleaning rules measure, in every script.
+
+    Text in scripts that separate words by spaces counts one per whitespace-separated
+    word. In scripts written without spaces, each Han character counts one, and every
+    three letters of kana, Thai, Lao, Tibetan, Myanmar or Khmer count one (rounded up);
+    CJK punctuation counts nothing. ``"I like tea."`` is 3, ``"我喜欢茶。"`` is 4,
+    ``"我用 Python 3"`` is 4, ``"ฉันชอบชา"`` (8 letters) is 3.
+    """
+    letters = len(_LETTER_CHAR.findall(sentence))
+    return (len(_HAN_CHAR.findall(sentence)) + -(-letters // LETTERS_PER_WORD)
+            + len(_NOT_A_WORD.sub(" ", sentence).split()))
 
 
 def _existing(path: Path) -> Path:
@@ -164,7 +191,7 @@ def clean(pairs: Pairs, cfg: DataConfig) -> tuple[Pairs, Counter]:
         if not s or not t:
             dropped["empty"] += 1
             continue
-        ns, nt = len(s.split()), len(t.split())
+        ns, nt = length_units(s), length_units(t)
         if ns > cfg.max_words or nt > cfg.max_words:
             dropped["too_long"] += 1
             continue
