@@ -59,14 +59,14 @@ def main() -> int:
     paths = ensure_prepared(cfg, resolve_data_root(args.data_root))
     toks = Tokenizers.load(paths.root)
     tc = cfg.train
-    pairs = filter_by_length(read_prepared_split(paths, "train"), toks, tc.max_len).pairs
+    pairs = filter_by_length(read_prepared_split(paths, "train"), toks, tc.max_len).ids
 
     variants = [("default", True, False), ("tutorial", False, False)]
     if args.xla:
         variants.append(("default_xla", True, True))
     for name, bucketing, xla in variants:
         keras.utils.set_random_seed(tc.seed)
-        ds = make_dataset(pairs, toks, max_len=tc.max_len, batch_tokens=tc.batch_tokens,
+        ds = make_dataset(pairs, max_len=tc.max_len, batch_tokens=tc.batch_tokens,
                           shuffle=True, seed=tc.seed, shuffle_buffer=tc.shuffle_buffer,
                           bucketing=bucketing, fixed_batch_size=64, pad_to_bucket_boundary=xla)
         batches, sentences = [], 0

@@ -52,3 +52,35 @@ def test_tiny_config_trains_translates_and_evaluates(run_cli, tmp_path):
     result = json.loads(out)
     assert result["sentences"] == 1000
     assert len((run / "eval" / "test.hyp").read_text(encoding="utf-8").split("\n")) == 1001
+
+
+def test_training_and_translation_encode_every_line_identically(run_cli, tmp_path):
+    """The training batches and Translator's inputs hold the same ids for every line of
+    spa-eng train.es (tensorflow-text used to split digit runs differently: '0 00' vs '00 0')."""
+    import numpy as np
+
+    from translator.pipeline import filter_by_length, make_dataset
+    from translator.prepare import RunPaths, read_prepared_split
+    from translator.tokenizer import EOS_ID, PAD_ID, Tokenizers
+    from translator.translator import Translator
+
+    run = tmp_path / "run"
+    code, _, err = run_cli("-q", "prepare", REPO / "configs" / "spa-eng.yaml", "--data-root",
+                           SHARED_DATA, "--set", f"run_dir={run}")
+    assert code == 0, err
+    toks = Tokenizers.load(run)
+    pairs = read_prepared_split(RunPaths(run), "train")
+    assert len(pairs) > 100_000
+    kept, dropped, _, _ = filter_by_length(pairs, toks, max_len=1000)
+    assert dropped == 0
+    ds = make_dataset(kept, max_len=1000, batch_tokens=4096, shuffle=False, bucketing=False,
+                      fixed_batch_size=512)
+    in_training = [row[row != PAD_ID].tolist() for inputs, _, _ in ds
+                   for row in inputs["source_ids"].numpy()]
+    for_translation = Translator(None, toks).encode_sources(pairs.src)
+    assert len(in_training) == len(for_translation) == len(pairs)
+    differ = [i for i, (a, b) in enumerate(zip(in_training, for_translation, strict=True))
+              if a != b]
+    assert not differ, [pairs.src[i] for i in differ[:5]]
+    assert all(ids[-1] == EOS_ID for ids in for_translation)
+    assert np.mean([len(ids) for ids in for_translation]) > 5

@@ -38,7 +38,7 @@ def test_batches(setup, bucketing):
     assert dropped == 0
     expected_batches = count_batches(lengths, max_len=40, batch_tokens=300,
                                      bucketing=bucketing, fixed_batch_size=16)
-    ds = make_dataset(kept, toks, max_len=40, batch_tokens=300, shuffle=True, seed=3,
+    ds = make_dataset(kept, max_len=40, batch_tokens=300, shuffle=True, seed=3,
                       bucketing=bucketing, fixed_batch_size=16, lengths=lengths)
     assert ds.cardinality().numpy() == expected_batches
     seen = batches = 0
@@ -74,7 +74,7 @@ def test_wrong_batch_count_is_caught(setup):
     wrong = lengths + [max(lengths)] * (300 // max(lengths) + 1)
     assert count_batches(wrong, max_len=40, batch_tokens=300) > count_batches(
         lengths, max_len=40, batch_tokens=300)
-    ds = make_dataset(kept, toks, max_len=40, batch_tokens=300, shuffle=False, lengths=wrong)
+    ds = make_dataset(kept, max_len=40, batch_tokens=300, shuffle=False, lengths=wrong)
     with pytest.raises(tf.errors.FailedPreconditionError):
         for _ in ds:
             pass
@@ -84,17 +84,21 @@ def test_filter_by_length_counts(setup):
     pairs, toks = setup
     kept, dropped, tokens, lengths = filter_by_length(pairs, toks, max_len=8)
     assert dropped > 0 and len(kept) + dropped == len(pairs)
-    assert all(len(ids) <= 8 for ids in toks.src.encode(kept.src))
-    assert tokens == sum(len(t) + 1 for t in toks.tgt.encode(kept.tgt))
-    assert lengths == [max(len(s), len(t)) + 1 for s, t in
-                       zip(toks.src.encode(kept.src), toks.tgt.encode(kept.tgt), strict=True)]
+    assert all(len(ids) <= 8 for ids in kept.src)
+    assert [(s, t) for s, t in zip(kept.src, kept.tgt, strict=True)] == [
+        (s, t) for s, t in zip(toks.src.encode(pairs.src), toks.tgt.encode(pairs.tgt), strict=True)
+        if len(s) <= 8 and len(t) <= 8]
+    assert tokens == sum(len(t) + 1 for t in kept.tgt)
+    assert lengths == [max(len(s), len(t)) + 1 for s, t in zip(kept.src, kept.tgt, strict=True)]
 
 
 def test_shuffle_is_seeded(setup):
     pairs, toks = setup
 
+    kept = filter_by_length(pairs, toks, max_len=40).ids
+
     def first(seed):
-        ds = make_dataset(pairs, toks, max_len=40, batch_tokens=300, shuffle=True, seed=seed)
+        ds = make_dataset(kept, max_len=40, batch_tokens=300, shuffle=True, seed=seed)
         return next(iter(ds))[0]["source_ids"].numpy()
 
     np.testing.assert_array_equal(first(5), first(5))
@@ -108,7 +112,7 @@ def test_partial_batches_are_spread_over_the_epoch(setup):
     sizes = bucket_batch_sizes(bounds, 300)
 
     def partial_positions(shuffle):
-        ds = make_dataset(kept, toks, max_len=40, batch_tokens=300, shuffle=shuffle, seed=1,
+        ds = make_dataset(kept, max_len=40, batch_tokens=300, shuffle=shuffle, seed=1,
                           lengths=lengths)
         flags = []
         for inputs, _, _ in ds:

@@ -43,15 +43,6 @@ def test_joint_and_separate(pairs, tmp_path):
     assert loaded.src.proto == sep.src.proto and loaded.tgt.proto == sep.tgt.proto
 
 
-def test_in_graph_encoding_matches_python(pairs):
-    import tensorflow as tf
-
-    tok = train_tokenizers(*pairs, TokenizerConfig(vocab_size=80)).src
-    texts = pairs[0][:5]
-    graph = tok.tf_tokenizer().tokenize(tf.constant(texts)).to_list()
-    assert graph == tok.encode(texts)
-
-
 def test_wrong_special_ids_are_rejected(pairs, tmp_path):
     import io
 

@@ -1,5 +1,9 @@
-"""tf.data input pipeline: in-graph SentencePiece tokenization, BOS/EOS, length
-bucketing with a token-based batch size, seeded shuffling and prefetch.
+"""tf.data input pipeline: SentencePiece ids, BOS/EOS, length bucketing with a
+token-based batch size, seeded shuffling and prefetch.
+
+Sentences are encoded once, in Python, by :meth:`Tokenizer.encode`: the same code that
+encodes sources for translation, so training and decoding always see the same ids
+(tensorflow-text's SentencePiece op breaks some ties differently, e.g. on digit runs).
 
 Each element is ``({"source_ids": (batch, src_len), "target_in": (batch, tgt_len)},
 target_out (batch, tgt_len), sample_weight (batch, tgt_len))`` with int32 ids,
@@ -10,9 +14,12 @@ real target tokens, ``0.0`` on padding.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 from translator.corpus import Pairs
@@ -24,27 +31,39 @@ def source_length(n_subwords: int) -> int:
     return n_subwords + 1
 
 
+@dataclass
+class Encoded:
+    """Parallel sentences as subword ids (no BOS/EOS): ``src[i]`` translates to ``tgt[i]``."""
+
+    src: list[list[int]]
+    tgt: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+
 class Filtered(NamedTuple):
     """Pairs kept by :func:`filter_by_length`, with what the pipeline needs to know."""
 
-    pairs: Pairs
+    ids: Encoded
     dropped: int
     target_tokens: int  # subwords + EOS over the kept targets, for throughput figures
     lengths: list[int]  # per kept pair, the length the bucketing sees
 
 
 def filter_by_length(pairs: Pairs, tokenizers: Tokenizers, max_len: int) -> Filtered:
-    """Drop pairs whose source or target has more than ``max_len`` subwords."""
+    """Encode ``pairs`` and drop those whose source or target has more than ``max_len``
+    subwords."""
     src_ids = tokenizers.src.encode(pairs.src)
     tgt_ids = tokenizers.tgt.encode(pairs.tgt)
     keep_src, keep_tgt, lengths, tokens = [], [], [], 0
-    for s, t, si, ti in zip(pairs.src, pairs.tgt, src_ids, tgt_ids, strict=True):
+    for si, ti in zip(src_ids, tgt_ids, strict=True):
         if len(si) <= max_len and len(ti) <= max_len:
-            keep_src.append(s)
-            keep_tgt.append(t)
+            keep_src.append(si)
+            keep_tgt.append(ti)
             lengths.append(max(len(si), len(ti)) + 1)  # + EOS on the source, + BOS on target_in
             tokens += len(ti) + 1
-    return Filtered(Pairs(keep_src, keep_tgt), len(pairs) - len(keep_src), tokens, lengths)
+    return Filtered(Encoded(keep_src, keep_tgt), len(pairs) - len(keep_src), tokens, lengths)
 
 
 def bucket_boundaries(max_len: int) -> list[int]:
@@ -86,22 +105,16 @@ def count_batches(lengths: Sequence[int], *, max_len: int, batch_tokens: int,
     return sum(-(-c // size) for c, size in zip(counts, sizes, strict=True))
 
 
-def _encode(tokenizers: Tokenizers, max_len: int):
-    src_tok = tokenizers.src.tf_tokenizer()
-    tgt_tok = src_tok if tokenizers.joint else tokenizers.tgt.tf_tokenizer()
+def _ragged(seqs: Sequence[Sequence[int]]) -> tf.RaggedTensor:
+    flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int32)
+    return tf.RaggedTensor.from_row_lengths(flat, np.array([len(x) for x in seqs], np.int64))
 
-    def encode(src: tf.Tensor, tgt: tf.Tensor):
-        s = src_tok.tokenize(src)[:, :max_len]
-        t = tgt_tok.tokenize(tgt)[:, :max_len]
-        n = s.nrows()
-        eos = tf.fill([n, 1], EOS_ID)
-        bos = tf.fill([n, 1], BOS_ID)
-        source = tf.concat([s, eos], axis=1)
-        target_in = tf.concat([bos, t], axis=1)
-        target_out = tf.concat([t, eos], axis=1)
-        return source, target_in, target_out
 
-    return encode
+def _add_specials(s: tf.Tensor, t: tf.Tensor):
+    source = tf.concat([s, [EOS_ID]], axis=0)
+    target_in = tf.concat([[BOS_ID], t], axis=0)
+    target_out = tf.concat([t, [EOS_ID]], axis=0)
+    return source, target_in, target_out
 
 
 def _to_model_inputs(source, target_in, target_out):
@@ -110,8 +123,7 @@ def _to_model_inputs(source, target_in, target_out):
 
 
 def make_dataset(
-    pairs: Pairs,
-    tokenizers: Tokenizers,
+    ids: Encoded,
     *,
     max_len: int,
     batch_tokens: int,
@@ -124,7 +136,8 @@ def make_dataset(
     pad_to_bucket_boundary: bool = False,
     lengths: Sequence[int] | None = None,
 ) -> tf.data.Dataset:
-    """Batches for training or evaluation from already length-filtered ``pairs``.
+    """Batches for training or evaluation from pairs of ids that
+    :func:`filter_by_length` kept (none longer than ``max_len``).
 
     With ``bucketing`` the batch size is token-based (``batch_tokens``); otherwise
     ``fixed_batch_size`` sentences padded to the longest one (the TF tutorial's way).
@@ -134,14 +147,14 @@ def make_dataset(
     for its decay; the count is checked as the data flows. With ``shuffle`` and
     ``bucketing`` the batches are shuffled too (``batch_shuffle_buffer`` batches).
     """
-    ds = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(pairs.src, tf.string), tf.constant(pairs.tgt, tf.string))
-    )
-    ds = ds.batch(2048).map(_encode(tokenizers, max_len)).unbatch()
-    # unbatched rows are rank-0 ragged tensors; an identity map makes them dense
-    ds = ds.map(lambda s, ti, to: (s, ti, to)).cache()
+    longest = max((len(x) for x in itertools.chain(ids.src, ids.tgt)), default=0)
+    if longest > max_len:
+        raise ValueError(f"a sentence has {longest} subwords, more than max_len={max_len}; "
+                         "filter the pairs with filter_by_length first")
+    ds = tf.data.Dataset.from_tensor_slices((_ragged(ids.src), _ragged(ids.tgt)))
+    ds = ds.map(_add_specials).cache()
     if shuffle:
-        ds = ds.shuffle(min(shuffle_buffer, max(1, len(pairs))), seed=seed,
+        ds = ds.shuffle(min(shuffle_buffer, max(1, len(ids))), seed=seed,
                         reshuffle_each_iteration=True)
     if bucketing:
         bounds = bucket_boundaries(max_len)

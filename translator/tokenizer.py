@@ -1,4 +1,7 @@
-"""SentencePiece subword models: training, loading, Python and in-graph encoding.
+"""SentencePiece subword models: training, loading, encoding.
+
+Training batches and translation inputs are both encoded by :meth:`Tokenizer.encode`
+(the sentencepiece library), so both paths always produce the same ids.
 
 Owns the special ids ``PAD=0 UNK=1 BOS=2 EOS=3`` (PAD is 0 so that Keras'
 ``Embedding(mask_zero=True)`` masks padding). Every loaded model is checked for them.
@@ -69,13 +72,6 @@ class Tokenizer:
 
     def id_to_piece(self, i: int) -> str:
         return self.sp.id_to_piece(int(i))
-
-    def tf_tokenizer(self):
-        """A ``tensorflow_text.SentencepieceTokenizer`` built from the same proto."""
-        import tensorflow as tf
-        import tensorflow_text as tf_text
-
-        return tf_text.SentencepieceTokenizer(model=self.proto, out_type=tf.int32)
 
 
 @dataclass

@@ -263,23 +263,22 @@ def train(
     if tc.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     tokenizers = Tokenizers.load(paths.root)
-    train_pairs, dropped, target_tokens, lengths = filter_by_length(
+    train_ids, dropped, target_tokens, lengths = filter_by_length(
         read_prepared_split(paths, "train"), tokenizers, tc.max_len)
     if dropped:
         report(f"train: {dropped} pairs longer than train.max_len={tc.max_len} subwords skipped")
     dev = read_prepared_split(paths, "dev")
     dev_ds = None
     if dev is not None and len(dev):
-        dev_loss_pairs, dev_dropped, _, dev_lengths = filter_by_length(dev, tokenizers,
-                                                                       tc.max_len)
+        dev_ids, dev_dropped, _, dev_lengths = filter_by_length(dev, tokenizers, tc.max_len)
         if dev_dropped:
             report(f"dev loss: {dev_dropped} pairs longer than {tc.max_len} subwords left out "
                    "(dev BLEU uses all)")
-        dev_ds = make_dataset(dev_loss_pairs, tokenizers, max_len=tc.max_len,
+        dev_ds = make_dataset(dev_ids, max_len=tc.max_len,
                               batch_tokens=tc.batch_tokens, shuffle=False,
                               pad_to_bucket_boundary=tc.jit_compile, lengths=dev_lengths)
     train_ds = make_dataset(
-        train_pairs, tokenizers, max_len=tc.max_len, batch_tokens=tc.batch_tokens,
+        train_ids, max_len=tc.max_len, batch_tokens=tc.batch_tokens,
         shuffle=True, seed=seed, shuffle_buffer=tc.shuffle_buffer, bucketing=tc.bucketing,
         fixed_batch_size=tc.fixed_batch_size, pad_to_bucket_boundary=tc.jit_compile,
         lengths=lengths,
@@ -298,7 +297,7 @@ def train(
         compile_model(model, tc, total_steps=tc.epochs * steps_per_epoch)
         if paths.metrics.exists():
             paths.metrics.unlink()
-    report(f"model: {model.count_params():,} parameters; train pairs {len(train_pairs):,} "
+    report(f"model: {model.count_params():,} parameters; train pairs {len(train_ids):,} "
            f"in {steps_per_epoch:,} batches, dev pairs {len(dev) if dev else 0:,}")
     if initial_epoch >= tc.epochs or state.get("bad_epochs", 0) >= tc.patience:
         report(f"nothing to do: finished at epoch {initial_epoch} "
