@@ -152,7 +152,7 @@ def test_resume_draws_new_shuffle_and_dropout_streams(tmp_path):
     pairs, _, _, lengths = filter_by_length(read_prepared_split(RunPaths(run), "train"), toks, 20)
 
     def batch_order(seed):
-        ds = make_dataset(pairs, toks, max_len=20, batch_tokens=256, shuffle=True, seed=seed,
+        ds = make_dataset(pairs, max_len=20, batch_tokens=256, shuffle=True, seed=seed,
                           lengths=lengths)
         return [inputs["source_ids"].numpy()[0].tolist() for inputs, _, _ in ds]
 
@@ -161,7 +161,7 @@ def test_resume_draws_new_shuffle_and_dropout_streams(tmp_path):
     assert batch_order(first["seed"]) == order
     assert batch_order(second["seed"]) != order
 
-    inputs = next(iter(make_dataset(pairs, toks, max_len=20, batch_tokens=256, shuffle=False,
+    inputs = next(iter(make_dataset(pairs, max_len=20, batch_tokens=256, shuffle=False,
                                     lengths=lengths)))[0]
 
     def dropout_output(seed):
@@ -173,6 +173,18 @@ def test_resume_draws_new_shuffle_and_dropout_streams(tmp_path):
     output = dropout_output(first["seed"])
     assert np.array_equal(dropout_output(first["seed"]), output)
     assert not np.allclose(dropout_output(second["seed"]), output)
+
+    def decoder_dropout_output(seed):
+        # the decoder alone: the encoder's dropout must not hide a fixed decoder stream
+        keras.utils.set_random_seed(seed)
+        model = keras.saving.load_model(run / "checkpoints" / "epoch-1.keras")
+        state = model.encode(inputs["source_ids"], training=False)
+        return keras.ops.convert_to_numpy(model.decoder(inputs["target_in"], state,
+                                                        training=True))
+
+    output = decoder_dropout_output(first["seed"])
+    assert np.array_equal(decoder_dropout_output(first["seed"]), output)
+    assert not np.allclose(decoder_dropout_output(second["seed"]), output)
 
 
 def test_average_checkpoints(memorized_run, run_cli, tmp_path):

@@ -74,7 +74,9 @@ class Decoder(keras.layers.Layer):
             self.output_proj = None
         else:
             self.output_proj = keras.layers.Dense(vocab_size, name="output", dtype=policy)
-        self.seed_generator = keras.random.SeedGenerator(1337)
+        # unseeded: drawn from the global seed (keras.utils.set_random_seed), so a resumed
+        # run reseeds the decoder's dropout with the encoder's (Keras does not save its state)
+        self.seed_generator = keras.random.SeedGenerator()
 
     def build(self, *args, **kwargs):
         self.embedding.build((None,))
