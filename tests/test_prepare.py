@@ -70,6 +70,8 @@ def test_reprepare_removes_train_leftovers_and_keeps_foreign_files(toy, run_cli,
     (run / "eval" / "test.hyp").write_text("old\n", encoding="utf-8")
     (run / "checkpoints").mkdir()
     (run / "notes.txt").write_text("mine\n", encoding="utf-8")
+    (run / ".prepare-killed" / "corpus").mkdir(parents=True)  # staging of a killed prepare
+    (run / ".prepare-killed" / "corpus" / "train.src").write_text("x\n", encoding="utf-8")
     code, out, err = run_cli("prepare", toy["config"], "--data-root", toy["data"],
                              "--set", "tokenizer.joint=false")
     assert code == 0, err
@@ -80,6 +82,7 @@ def test_reprepare_removes_train_leftovers_and_keeps_foreign_files(toy, run_cli,
                        "the replaced preparation"]
     assert (run / "notes.txt").read_text(encoding="utf-8") == "mine\n"
     assert (run / "checkpoints").is_dir()
+    assert not [p for p in os.listdir(run) if p.startswith(".")]
 
 
 class Crash(BaseException):
