@@ -11,7 +11,8 @@ from translator.corpus import (
     read_aligned,
     read_tsv,
     resolve_data_root,
-    split_by_source,
+    sentence_groups,
+    split_without_leakage,
 )
 
 
@@ -69,14 +70,40 @@ def test_clean_counts_every_rule():
 def test_split_has_no_source_leakage_and_is_deterministic():
     src = [f"s{i % 50}" for i in range(300)]  # every source appears 6 times
     tgt = [f"t{i}" for i in range(300)]
-    train, dev, test = split_by_source(Pairs(src, tgt), dev_size=30, test_size=30, seed=7)
+    train, dev, test = split_without_leakage(Pairs(src, tgt), dev_size=30, test_size=30, seed=7)
     assert len(train) + len(dev) + len(test) == 300
     assert not set(train.src) & set(dev.src)
     assert not set(train.src) & set(test.src)
     assert not set(dev.src) & set(test.src)
     assert len(dev) >= 30 and len(test) >= 30
-    again = split_by_source(Pairs(src, tgt), dev_size=30, test_size=30, seed=7)
+    again = split_without_leakage(Pairs(src, tgt), dev_size=30, test_size=30, seed=7)
     assert again[2].src == test.src
+
+
+def test_sentence_groups_are_connected_over_both_sides():
+    # a-x, b-x share a target; b-y shares b with b-x; c-y shares y: one chain. d-z alone.
+    src = ["a", "d", "b", "b", "c", "e"]
+    tgt = ["x", "z", "x", "y", "y", "a"]  # "a" as a target is not the source "a"
+    assert sentence_groups(src, tgt) == [[0, 2, 3, 4], [1], [5]]
+
+
+def test_split_has_no_target_leakage_either():
+    # 60 targets, each translated from two different sources: grouping by source alone
+    # puts one pair of a target in dev/test and the other in train.
+    src = [f"s{i}" for i in range(120)] + [f"u{i}" for i in range(80)]
+    tgt = [f"t{i % 60}" for i in range(120)] + [f"v{i}" for i in range(80)]
+    pairs = Pairs(src, tgt)
+    train, dev, test = split_without_leakage(pairs, dev_size=20, test_size=20, seed=3)
+    assert len(train) + len(dev) + len(test) == 200
+    assert len(dev) >= 20 and len(test) >= 20
+    for held_out in (dev, test):
+        assert not set(held_out.src) & set(train.src)
+        assert not set(held_out.tgt) & set(train.tgt)
+    assert not set(dev.tgt) & set(test.tgt)
+    # every pair is kept, in corpus order within each split
+    for part in (train, dev, test):
+        idx = [src.index(s) for s in part.src]
+        assert idx == sorted(idx) and [tgt[i] for i in idx] == part.tgt
 
 
 def test_load_corpus_splits_and_reports(tmp_path):

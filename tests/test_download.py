@@ -85,3 +85,27 @@ def test_download_cli_offline_one_line(run_cli, tmp_path, monkeypatch):
         "spa-eng", (Remote("http://127.0.0.1:9/spa-eng.zip", "0" * 64, "spa-eng/spa.txt"),)))
     code, out, err = run_cli("download", "spa-eng", "--dest", tmp_path)
     assert code == 2 and "cannot download" in err and "Traceback" not in err
+
+
+def test_spa_eng_split_keeps_shared_spanish_together(tmp_path):
+    # "I ran 7." hashes to test, "I was running 7." to train: grouping by English alone put
+    # the Spanish "Corrí 7." in both. Its whole group (linked through either side) is test.
+    lines = [
+        "I was running 0.\tEstaba corriendo 0.",
+        "I was running 7.\tCorrí 7.\tCC-BY 2.0 (France) Attribution: tatoeba.org #1",
+        "Hi  there.\tHola\u00a0 allí.",
+        "I ran 7.\tCorrí 7.",
+        "I was running 7.\tEstaba corriendo 7.",
+    ]
+    (tmp_path / "spa.txt").write_text("".join(x + "\n" for x in lines), encoding="utf-8")
+    spa_eng_split(tmp_path)
+
+    def read(name):
+        return (tmp_path / name).read_text(encoding="utf-8").splitlines()
+
+    assert read("test.en") == ["I was running 7.", "I ran 7.", "I was running 7."]
+    assert read("test.es") == ["Corrí 7.", "Corrí 7.", "Estaba corriendo 7."]
+    assert read("dev.en") == [] and read("dev.es") == []
+    # not normalized: the sentences are spa.txt's columns as they are
+    assert read("train.en") == ["I was running 0.", "Hi  there."]
+    assert read("train.es") == ["Estaba corriendo 0.", "Hola\u00a0 allí."]

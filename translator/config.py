@@ -30,8 +30,9 @@ class DataConfig:
     Paths are relative to the data root. ``format: aligned`` reads ``<prefix>.<lang>``
     (or ``<prefix>.<lang>.gz``) for both languages; ``format: tsv`` reads one file with
     the source and target in the columns ``src_column`` / ``tgt_column`` (0-based).
-    ``dev`` / ``test`` are optional: when missing they are split off ``train``,
-    grouped by source sentence so that no dev/test source occurs in training.
+    ``dev`` / ``test`` are optional: when missing they are split off ``train``, with
+    pairs that share a source or a target sentence kept together, so that no dev/test
+    source and no dev/test target sentence occurs in training.
     The cleaning limits ``max_words`` / ``max_ratio`` / ``min_ratio_words`` count words as
     :func:`translator.corpus.length_units` does (Han characters count one each, kana
     and Thai-like letters one per three, other scripts by whitespace).

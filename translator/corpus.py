@@ -1,4 +1,4 @@
-"""Read parallel text, clean it with counted rules, and split it without source leakage.
+"""Read parallel text, clean it with counted rules, and split it without leakage.
 
 Pure Python: no TensorFlow. Every line that is dropped is counted under the rule that
 dropped it, and every unreadable input raises :class:`CorpusError` naming file and line.
@@ -11,7 +11,7 @@ import hashlib
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,26 +214,59 @@ def _group_key(sentence: str, seed: int) -> str:
     return hashlib.sha256(f"{seed}\t{sentence}".encode()).hexdigest()
 
 
-def split_by_source(
+def sentence_groups(src: Sequence[str], tgt: Sequence[str]) -> list[list[int]]:
+    """Group pair indices so that pairs sharing a source or a target sentence are together.
+
+    The groups are the connected components of the graph whose nodes are the source and
+    the target sentences (two separate sides; exact strings) and whose edges are the
+    pairs: ``a-x, b-x, b-y`` is one group although ``a-x`` and ``b-y`` share nothing.
+    A split that keeps every group on one side leaks neither a source nor a target
+    sentence. Each group lists its indices in ascending order; groups are ordered by
+    their first index.
+    """
+    parent = list(range(len(src)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]  # path halving
+            i = parent[i]
+        return i
+
+    for side in (src, tgt):
+        first: dict[str, int] = {}
+        for i, sentence in enumerate(side):
+            j = first.setdefault(sentence, i)
+            if j != i:
+                a, b = root(i), root(j)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)  # the smallest index stays the root
+    groups: dict[int, list[int]] = {}
+    for i in range(len(src)):
+        groups.setdefault(root(i), []).append(i)
+    return list(groups.values())
+
+
+def split_without_leakage(
     pairs: Pairs, dev_size: int, test_size: int, seed: int
 ) -> tuple[Pairs, Pairs, Pairs]:
-    """Deterministic train/dev/test split grouped by source sentence.
+    """Deterministic train/dev/test split in which no dev/test sentence occurs in train.
 
-    All pairs that share a source sentence land in the same split, so no dev or test
-    source sentence is ever seen in training. Groups are ordered by a seeded hash;
+    Pairs that share a source or a target sentence form one group (see
+    :func:`sentence_groups`) and every group lands in one split, so no dev or test
+    source sentence and no dev or test target sentence is ever seen in training. Groups
+    are ordered by a seeded hash of their smallest source sentence (code-point order);
     test takes groups until it has ``test_size`` pairs, then dev, the rest is train.
+    Lines keep their corpus order within each split.
     """
-    groups: dict[str, list[int]] = {}
-    for i, s in enumerate(pairs.src):
-        groups.setdefault(s, []).append(i)
-    order = sorted(groups, key=lambda s: _group_key(s, seed))
+    groups = sentence_groups(pairs.src, pairs.tgt)
+    order = sorted(groups, key=lambda g: _group_key(min(pairs.src[i] for i in g), seed))
     parts: list[list[int]] = [[], [], []]  # test, dev, train
     targets = [test_size, dev_size]
     part = 0
-    for s in order:
+    for group in order:
         while part < 2 and len(parts[part]) >= targets[part]:
             part += 1
-        parts[part].extend(groups[s])
+        parts[part].extend(group)
 
     def take(idx: Iterable[int]) -> Pairs:
         idx = sorted(idx)
@@ -262,7 +295,7 @@ def load_corpus(cfg: DataConfig, root: Path) -> Corpus:
     need_dev = dev is None and cfg.dev_size > 0
     need_test = test is None and cfg.test_size > 0
     if need_dev or need_test:
-        train, split_dev, split_test = split_by_source(
+        train, split_dev, split_test = split_without_leakage(
             train,
             cfg.dev_size if need_dev else 0,
             cfg.test_size if need_test else 0,

@@ -2,9 +2,15 @@
 
 Layouts match what ``configs/*.yaml`` expect under the data root:
 
-- ``spa-eng/``: ``spa.txt`` plus the fixed split ``{train,dev,test}.{en,es}``
-  (a pair goes to test when ``int(sha256(english)[:8], 16) % 1000 < 20``, to dev when
-  ``< 40``, else to train: grouped by English sentence, so no leakage).
+- ``spa-eng/``: ``spa.txt`` plus the fixed split ``{train,dev,test}.{en,es}``, leak-free in
+  both directions: pairs that share their English OR their Spanish sentence (exact string)
+  form one group (connected components over both sides), and a whole group goes to test
+  when ``int(sha256(k)[:8], 16) % 1000 < 20``, to dev when ``< 40``, else to train, where
+  ``k`` is the group's smallest English sentence in code-point order (hash over its UTF-8
+  bytes). Lines keep the order of ``spa.txt``; the sentences are its first two columns,
+  unchanged. This reproduces ``shared/data/spa-eng`` (train 114,144 / dev 2,470 /
+  test 2,350). An earlier version grouped by English only and leaked Spanish test
+  sentences into train.
 - ``multi30k/``: ``{train,val,test2016}.{en,de,fr,cs}`` (task 1 raw text).
 """
 
@@ -20,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from translator.corpus import decode_lines, sentence_groups
 from translator.errors import UserError
 from translator.fileio import write_bytes_atomic, write_lines_atomic
 
@@ -48,21 +55,32 @@ class Dataset:
 
 
 def spa_eng_split(folder: Path) -> None:
-    """Write the fixed, leak-free train/dev/test split of ``spa.txt``."""
-    parts: dict[str, tuple[list[str], list[str]]] = {n: ([], []) for n in ("train", "dev", "test")}
-    text = (folder / "spa.txt").read_text(encoding="utf-8")
-    for number, line in enumerate(text.splitlines(), start=1):
-        cols = line.split("\t")
+    """Write the fixed train/dev/test split of ``spa.txt``, leak-free in both directions.
+
+    Pairs that share their English or their Spanish sentence form one group
+    (:func:`translator.corpus.sentence_groups`); the group's bucket is the hash of its
+    smallest English sentence (see the module docstring). The sentences are written as
+    they are in ``spa.txt`` (columns 1 and 2, not normalized), in its line order.
+    """
+    path = folder / "spa.txt"
+    en, es = [], []
+    for number, line in enumerate(decode_lines(path.read_bytes(), str(path)), start=1):
+        cols = line.rstrip("\r").split("\t")
         if len(cols) < 2:
-            raise DownloadError(f"{folder / 'spa.txt'}:{number}: expected English<TAB>Spanish")
-        en, es = cols[0], cols[1]
-        bucket = int(hashlib.sha256(en.encode("utf-8")).hexdigest()[:8], 16) % 1000
+            raise DownloadError(f"{path}:{number}: expected English<TAB>Spanish")
+        en.append(cols[0])
+        es.append(cols[1])
+    bucket_of = [""] * len(en)
+    for group in sentence_groups(en, es):
+        key = min(en[i] for i in group)
+        bucket = int(hashlib.sha256(key.encode("utf-8")).hexdigest()[:8], 16) % 1000
         name = "test" if bucket < 20 else "dev" if bucket < 40 else "train"
-        parts[name][0].append(en)
-        parts[name][1].append(es)
-    for name, (en, es) in parts.items():
-        write_lines_atomic(folder / f"{name}.en", en)
-        write_lines_atomic(folder / f"{name}.es", es)
+        for i in group:
+            bucket_of[i] = name
+    for name in ("train", "dev", "test"):
+        idx = [i for i, b in enumerate(bucket_of) if b == name]
+        write_lines_atomic(folder / f"{name}.en", [en[i] for i in idx])
+        write_lines_atomic(folder / f"{name}.es", [es[i] for i in idx])
 
 
 _M30K = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/"

@@ -2,11 +2,24 @@
 
 The run dir then holds ``config.yaml``, ``corpus/{train,dev,test}.{src,tgt}``, the
 SentencePiece model(s) and ``prepare.json`` (the statistics). No TensorFlow here.
+
+Prepare owns exactly those entries (:data:`PREPARED`) and replaces them as a whole: the new
+state is built in a staging dir ``RUN_DIR/.prepare-XXXX/`` and swapped in, so nothing of an
+earlier prepare survives (a ``corpus/dev.*`` that the new config does not split off, a joint
+``spm.model`` after ``tokenizer.joint: false``). The swap first removes ``config.yaml``, the
+file :meth:`RunPaths.is_prepared` needs, and renames the new one in last, so a prepare that
+dies half way leaves a run dir that is not prepared (``train`` then prepares it again), never
+a mix of old and new. What a train that stopped before its first checkpoint left behind
+(:data:`TRAIN_LEFTOVERS`: metrics, TensorBoard logs, evaluation output) describes the old
+data and tokenizer, so it goes too, with a warning; any other file in the run dir is kept.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +29,14 @@ from translator.config import Config, config_to_dict, dump_config
 from translator.corpus import CLEANING_RULES, CorpusError, Pairs, load_corpus, read_lines
 from translator.errors import UserError
 from translator.fileio import write_json_atomic, write_lines_atomic, write_text_atomic
-from translator.tokenizer import UNK_ID, Tokenizers, train_tokenizers
+from translator.tokenizer import (
+    JOINT_FILE,
+    SRC_FILE,
+    TGT_FILE,
+    UNK_ID,
+    Tokenizers,
+    train_tokenizers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +45,11 @@ CONFIG_FILE = "config.yaml"
 STATS_FILE = "prepare.json"
 STATE_FILE = "state.json"
 SPLITS = ("train", "dev", "test")
+STAGING_PREFIX = ".prepare-"
+#: What ``prepare`` writes; ``config.yaml`` (what marks a run dir as prepared) comes last.
+PREPARED = (STATS_FILE, JOINT_FILE, SRC_FILE, TGT_FILE, CORPUS_DIR, CONFIG_FILE)
+#: What a train or evaluate of the previous preparation leaves without checkpoints.
+TRAIN_LEFTOVERS = ("metrics.jsonl", "logs", "eval")
 
 Step = Callable[[str], None]
 
@@ -123,8 +148,13 @@ def check_same_setup(paths: RunPaths, cfg: Config) -> None:
 
 
 def prepare(cfg: Config, data_root: Path, step: Step = lambda name: None) -> dict[str, Any]:
-    """Prepare ``cfg.run_dir`` from the corpus under ``data_root``; return statistics."""
+    """Prepare ``cfg.run_dir`` from the corpus under ``data_root``; return statistics.
+
+    Replaces everything an earlier prepare wrote (see the module docstring).
+    """
     paths = RunPaths(Path(cfg.run_dir))
+    if paths.root.exists() and not paths.root.is_dir():
+        raise UserError(f"{paths.root}: run_dir is not a directory")
     if paths.checkpoints.exists() and any(paths.checkpoints.iterdir()):
         raise UserError(
             f"{paths.root}: has checkpoints already; re-preparing would change its tokenizer. "
@@ -134,14 +164,6 @@ def prepare(cfg: Config, data_root: Path, step: Step = lambda name: None) -> dic
     corpus = load_corpus(cfg.data, data_root)
     step("training the SentencePiece tokenizer")
     tokenizers = train_tokenizers(corpus.train.src, corpus.train.tgt, cfg.tokenizer)
-    step("writing the run dir")
-    tokenizers.save(paths.root)
-    for name, pairs in (("train", corpus.train), ("dev", corpus.dev), ("test", corpus.test)):
-        if pairs is None:
-            continue
-        src_path, tgt_path = paths.split(name)
-        write_lines_atomic(src_path, pairs.src)
-        write_lines_atomic(tgt_path, pairs.tgt)
     step("computing statistics")
     report = corpus.report
     stats: dict[str, Any] = {
@@ -170,9 +192,47 @@ def prepare(cfg: Config, data_root: Path, step: Step = lambda name: None) -> dic
             "src": _unk_rate(tokenizers.src.encode(corpus.dev.src)),
             "tgt": _unk_rate(tokenizers.tgt.encode(corpus.dev.tgt)),
         }
-    write_json_atomic(paths.stats, stats)
-    write_text_atomic(paths.config, dump_config(cfg))
+    step("writing the run dir")
+    paths.root.mkdir(parents=True, exist_ok=True)
+    for stale in paths.root.glob(f"{STAGING_PREFIX}*"):  # of a prepare that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=paths.root))
+    try:
+        new = RunPaths(staging)
+        tokenizers.save(staging)
+        for name, pairs in (("train", corpus.train), ("dev", corpus.dev), ("test", corpus.test)):
+            if pairs is not None:
+                src_path, tgt_path = new.split(name)
+                write_lines_atomic(src_path, pairs.src)
+                write_lines_atomic(tgt_path, pairs.tgt)
+        write_json_atomic(new.stats, stats)
+        write_text_atomic(new.config, dump_config(cfg))
+        _swap_in(paths.root, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return stats
+
+
+def _swap_in(root: Path, staging: Path) -> None:
+    """Replace the prepared entries of ``root`` by those in ``staging`` (same filesystem).
+
+    Every step is one rename. ``config.yaml`` goes first and comes back last, so between
+    the two ``root`` is not prepared; the old entries are moved into ``staging/.old``,
+    which the caller removes.
+    """
+    old = staging / ".old"
+    old.mkdir()
+    (root / CONFIG_FILE).unlink(missing_ok=True)
+    leftovers = [name for name in TRAIN_LEFTOVERS if os.path.lexists(root / name)]
+    if leftovers:
+        log.warning("%s: removed %s of an earlier training on the replaced preparation",
+                    root, ", ".join(leftovers))
+    for name in (*PREPARED, *leftovers):
+        if os.path.lexists(root / name):
+            os.replace(root / name, old / name)
+    for name in PREPARED:
+        if os.path.lexists(staging / name):
+            os.replace(staging / name, root / name)
 
 
 def ensure_prepared(cfg: Config, data_root: Path, step: Step = lambda name: None) -> RunPaths:
