@@ -292,7 +292,10 @@ def cmd_evaluate(args) -> int:
     hyps = [r.text for r in results]
     out = Path(args.output) if args.output else run_dir / "eval" / f"{name}.hyp"
     _write_lines(str(out), hyps)
-    scores = score_all(hyps, ref)
+    from translator.config import load_config
+    from translator.prepare import RunPaths
+
+    scores = score_all(hyps, ref, load_config(RunPaths(run_dir).config).data.tgt_lang)
     scores.update({"split": name, "weights": args.weights or BEST_WEIGHTS,
                    "beam_size": beam, "length_penalty": alpha,
                    "translate_seconds": round(seconds, 1), "hypotheses": str(out)})

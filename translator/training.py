@@ -26,7 +26,7 @@ from keras import ops
 from translator.config import Config, TrainConfig, dump_config
 from translator.corpus import Pairs
 from translator.fileio import write_json_atomic, write_text_atomic
-from translator.metrics import bleu
+from translator.metrics import bleu, bleu_tokenizer
 from translator.model import Seq2Seq, build_model
 from translator.pipeline import filter_by_length, make_dataset
 from translator.prepare import RunPaths, ensure_prepared, read_prepared_split
@@ -145,7 +145,8 @@ class EpochEnd(keras.callbacks.Callback):
             return None
         n = self.cfg.train.dev_bleu_sentences or len(self.dev)
         hyps = self.translator.translate(self.dev.src[:n], beam_size=1)
-        return round(bleu([h.text for h in hyps], self.dev.tgt[:n]), 2)
+        tokenize, _ = bleu_tokenizer(self.cfg.data.tgt_lang)
+        return round(bleu([h.text for h in hyps], self.dev.tgt[:n], tokenize=tokenize), 2)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
