@@ -237,3 +237,92 @@ def test_average_checkpoints(memorized_run, run_cli, tmp_path):
         code, out, err = run_cli(*argv)
         assert code == 2 and message in err and "Traceback" not in err, (argv, err)
         assert len(err.strip().splitlines()) == 1
+
+
+def _err_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("translator:")]
+
+
+def test_a_diverging_epoch_writes_nothing_and_the_run_resumes_from_the_last_good_one(
+        tmp_path, run_cli):
+    import keras
+    import numpy as np
+
+    src, tgt = toy_pairs(120, seed=4)
+    write_aligned(tmp_path / "data" / "toy", "train", src, tgt)
+    write_aligned(tmp_path / "data" / "toy", "dev", src[:10], tgt[:10])
+    run = tmp_path / "run"
+    raw = toy_config(run, train={"epochs": 1, "keep_checkpoints": 1})
+    data = tmp_path / "data"
+    code, _, err = run_cli("-q", "train", write_config(tmp_path / "a.yaml", raw), "--data-root", data)
+    assert code == 0, err
+    ckpts = run / "checkpoints"
+    good = (ckpts / "epoch-1.keras").read_bytes()
+    before = {p.name: p.read_bytes() for p in ckpts.iterdir()}
+    metrics = (run / "metrics.jsonl").read_text(encoding="utf-8")
+    # Adam's second moments made negative: the first update of epoch 2 takes the square root
+    # of a negative number, the weights become NaN and so does the loss of batch 2
+    model = keras.saving.load_model(ckpts / "epoch-1.keras")
+    for v in model.optimizer._velocities:
+        v.assign(-np.ones(v.shape, "float32"))
+    model.save(ckpts / "epoch-1.keras")
+    before["epoch-1.keras"] = (ckpts / "epoch-1.keras").read_bytes()
+    raw["train"]["epochs"] = 3
+    cfg = write_config(tmp_path / "b.yaml", raw)
+    code, _, err = run_cli("-q", "train", cfg, "--data-root", data)
+    assert code == 1 and "Traceback" not in err
+    [line] = _err_lines(err)
+    assert "training diverged" in line and "epoch 2, batch 2" in line, line
+    assert "epoch-1.keras (epoch 1): re-running the same command resumes from it" in line
+    # no checkpoint, state, pruning, best weights or metrics line came from the NaN epoch
+    assert {p.name: p.read_bytes() for p in ckpts.iterdir()} == before
+    assert (run / "metrics.jsonl").read_text(encoding="utf-8") == metrics
+    # with a good checkpoint back in place, the same command resumes from epoch 1
+    (ckpts / "epoch-1.keras").write_bytes(good)
+    code, _, err = run_cli("-q", "train", cfg, "--data-root", data)
+    assert code == 0, err
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert all(np.isfinite(r["loss"]) for r in records)
+
+
+def test_resume_refuses_settings_it_cannot_apply_and_extends_the_lr_decay(tmp_path, run_cli,
+                                                                          caplog):
+    import logging
+
+    import pytest
+    import yaml
+
+    src, tgt = toy_pairs(120, seed=5)
+    write_aligned(tmp_path / "data" / "toy", "train", src, tgt)
+    write_aligned(tmp_path / "data" / "toy", "dev", src[:10], tgt[:10])
+    run = tmp_path / "run"
+    raw = toy_config(run, train={"epochs": 2, "lr_schedule": "linear_decay", "decay_steps": 0,
+                                 "warmup_steps": 0, "learning_rate": 0.01,
+                                 "min_learning_rate": 1e-5, "label_smoothing": 0.1})
+    cfg = write_config(tmp_path / "a.yaml", raw)
+    data = tmp_path / "data"
+    assert run_cli("-q", "train", cfg, "--data-root", data)[0] == 0
+    config_text = (run / "config.yaml").read_text(encoding="utf-8")
+    # the settings the checkpoint keeps (optimizer, schedule, loss) cannot change on resume
+    code, _, err = run_cli("-q", "train", cfg, "--data-root", data, "--set", "train.epochs=4",
+                           "--set", "train.learning_rate=0.02", "--set", "train.label_smoothing=0")
+    assert code == 2 and "Traceback" not in err
+    [line] = _err_lines(err)
+    assert "resuming with other train.learning_rate, train.label_smoothing than" in line
+    assert (run / "config.yaml").read_text(encoding="utf-8") == config_text
+    # more epochs: the linear decay now ends at the end of epoch 4
+    caplog.set_level(logging.INFO, logger="translator")
+    code, _, err = run_cli("train", cfg, "--data-root", data, "--set", "train.epochs=4")
+    assert code == 0, err
+    assert "train.epochs 2 -> 4: the learning rate now decays linearly" in caplog.text
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    steps = records[0]["optimizer_steps"]
+    assert records[1]["learning_rate"] == pytest.approx(1e-5, rel=1e-3)  # the first decay ended
+    # the logged rate is the schedule's at the next step, (k * steps + 1) / (4 * steps) along
+    for r in records[2:]:
+        frac = min(1.0, r["optimizer_steps"] / (4 * steps))
+        assert r["learning_rate"] == pytest.approx(0.01 + (1e-5 - 0.01) * frac, rel=1e-3)
+    assert records[2]["learning_rate"] > 100 * records[1]["learning_rate"]
+    assert yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["train"]["epochs"] == 4

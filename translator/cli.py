@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from translator import __version__
-from translator.errors import UserError
+from translator.errors import RunError, UserError
 
 log = logging.getLogger("translator")
 
@@ -336,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"translator: error: {exc}", file=sys.stderr)
         return 2
+    except RunError as exc:
+        print(f"translator: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("translator: interrupted", file=sys.stderr)
         return 130

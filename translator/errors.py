@@ -1,8 +1,13 @@
-"""The one exception family for problems a user can fix (bad files, config, flags).
-
-``cli.py`` turns any :class:`UserError` into a single line on stderr and exit code 2.
+"""The exception families ``cli.py`` turns into one line on stderr: :class:`UserError`
+(a problem the user can fix: bad files, config, flags; exit code 2) and :class:`RunError`
+(a run that failed on its own; exit code 1).
 """
 
 
 class UserError(Exception):
     """Bad input: the message names the file, line or key, and what to do."""
+
+
+class RunError(Exception):
+    """A run that failed on its own (e.g. training diverged): not bad input, but the message
+    still says what happened and what to do. ``cli.py`` prints it as one line, exit code 1."""

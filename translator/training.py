@@ -1,15 +1,21 @@
 """``train``: Keras ``fit`` with label-smoothed masked cross-entropy, Adam with warmup
 and decay, gradient clipping, dev BLEU every epoch, best/last checkpoints, early
-stopping on dev BLEU, TerminateOnNaN, TensorBoard scalars and ``metrics.jsonl``.
+stopping on dev BLEU, TensorBoard scalars and ``metrics.jsonl``.
 
 Resume: every epoch writes ``checkpoints/epoch-N.keras`` (model + optimizer state)
 atomically, then ``checkpoints/state.json`` pointing at it. Re-running the same
-command loads that checkpoint and continues at epoch N + 1. The newest
+command loads that checkpoint and continues at epoch N + 1; only the settings in
+:data:`RESUMABLE_TRAIN_KEYS` may change on the way. The newest
 ``train.keep_checkpoints`` epoch files are kept, for checkpoint averaging.
+
+Divergence: a non-finite training loss stops training at once, and an epoch whose loss
+or weights are not finite writes nothing (no checkpoint, state, pruning, best weights
+or metrics): re-running resumes from the last good epoch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -20,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from translator.config import Config, TrainConfig, dump_config
+from translator.config import Config, TrainConfig, dump_config, load_config
 from translator.corpus import Pairs
+from translator.errors import RunError, UserError
 from translator.fileio import write_json_atomic, write_text_atomic
 from translator.metrics import bleu, bleu_tokenizer
 from translator.model import Seq2Seq, build_model
@@ -94,16 +102,21 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
                 "decay_steps": self.decay_steps, "minimum": self.minimum}
 
 
-def compile_model(model: Seq2Seq, cfg: TrainConfig, total_steps: int | None = None) -> None:
-    """Adam + schedule + loss. ``decay_steps: 0`` decays over the rest of training,
+def make_schedule(cfg: TrainConfig, total_steps: int | None = None) -> WarmupSchedule:
+    """The configured schedule. ``decay_steps: 0`` decays over the rest of training,
     which needs ``total_steps`` (epochs x batches per epoch)."""
     decay_steps = cfg.decay_steps
     if decay_steps == 0:
         decay_steps = max(1, (total_steps or 1) - cfg.warmup_steps)
-    schedule = WarmupSchedule(cfg.learning_rate, cfg.warmup_steps, cfg.lr_schedule,
-                              decay_steps, cfg.min_learning_rate)
+    return WarmupSchedule(cfg.learning_rate, cfg.warmup_steps, cfg.lr_schedule,
+                          decay_steps, cfg.min_learning_rate)
+
+
+def compile_model(model: Seq2Seq, cfg: TrainConfig, total_steps: int | None = None) -> None:
+    """Adam + schedule (:func:`make_schedule`) + loss."""
     optimizer = keras.optimizers.Adam(
-        learning_rate=schedule, global_clipnorm=cfg.clip_norm if cfg.clip_norm > 0 else None
+        learning_rate=make_schedule(cfg, total_steps),
+        global_clipnorm=cfg.clip_norm if cfg.clip_norm > 0 else None,
     )
     model.compile(
         optimizer=optimizer,
@@ -131,10 +144,20 @@ class EpochEnd(keras.callbacks.Callback):
         self.report = report
         self.writer = tf.summary.create_file_writer(str(paths.logs))
         self._start = self._train_end = 0.0
+        self.diverged: str | None = None  # where the loss or weights became non-finite
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
         self._start = time.perf_counter()
         self._train_end = 0.0
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+            self.diverged = (f"the training loss became {float(loss)} in epoch "
+                             f"{self._epoch + 1}, batch {batch + 1} (optimizer step {step})")
+            self.model.stop_training = True
 
     def on_test_begin(self, logs=None):
         if not self._train_end:
@@ -150,6 +173,11 @@ class EpochEnd(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
+        if self.diverged is None and not _finite_weights(self.model):
+            self.diverged = f"the weights hold NaN or Inf after epoch {epoch + 1}"
+        if self.diverged is not None:  # nothing of this epoch may reach the run dir
+            self.model.stop_training = True
+            return
         train_seconds = (self._train_end or time.perf_counter()) - self._start
         dev_bleu = self.dev_bleu()
         seconds = time.perf_counter() - self._start
@@ -158,9 +186,9 @@ class EpochEnd(keras.callbacks.Callback):
             self.model.optimizer.learning_rate))
         record = {
             "epoch": number,
-            "loss": round(float(logs.get("loss", math.nan)), 4),
-            "acc": round(float(logs.get("acc", math.nan)), 4),
-            "dev_loss": round(float(logs["val_loss"]), 4) if "val_loss" in logs else None,
+            "loss": _rounded(logs.get("loss")),
+            "acc": _rounded(logs.get("acc")),
+            "dev_loss": _rounded(logs.get("val_loss")),
             "dev_bleu": dev_bleu,
             "learning_rate": lr,
             "seconds": round(seconds, 1),
@@ -180,7 +208,7 @@ class EpochEnd(keras.callbacks.Callback):
         record["best_dev_bleu"] = st.get("best_bleu")
         # metrics first: a resume truncates lines past the checkpoint's epoch
         with open(self.paths.metrics, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
         ckpt = self.paths.epoch_checkpoint(number)
@@ -202,8 +230,19 @@ class EpochEnd(keras.callbacks.Callback):
             self.report(f"early stopping: no dev BLEU gain for {st['bad_epochs']} epochs "
                         f"(best {st['best_bleu']} at epoch {st['best_epoch']})")
             self.model.stop_training = True
-        if not math.isfinite(record["loss"]):
-            self.model.stop_training = True
+
+
+def _rounded(value: Any) -> float | None:
+    """A metric for metrics.jsonl: rounded, or None when missing or not finite (JSON has
+    no NaN)."""
+    if value is None or not math.isfinite(float(value)):
+        return None
+    return round(float(value), 4)
+
+
+def _finite_weights(model: keras.Model) -> bool:
+    return all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in model.weights
+               if "float" in str(w.dtype))
 
 
 def save_model_atomic(model: keras.Model, path: Path) -> None:
@@ -229,6 +268,43 @@ def _truncate_metrics(path: Path, epoch: int) -> None:
 # ----------------------------------------------------------------------------- entry point
 
 
+#: ``train.*`` keys a resumed run may change; they take effect for real. The others live
+#: in the checkpoint (optimizer, LR schedule, loss) or shape the epochs it was trained on.
+RESUMABLE_TRAIN_KEYS = ("epochs", "patience", "keep_checkpoints", "dev_bleu_sentences",
+                        "jit_compile", "seed", "shuffle_buffer")
+
+
+def check_resume_settings(paths: RunPaths, cfg: Config) -> int:
+    """Refuse a resume whose ``train.*`` settings differ from the run's in keys that a
+    resume cannot apply (:data:`RESUMABLE_TRAIN_KEYS` can change); returns the run's
+    ``train.epochs`` so far. ``data``/``tokenizer``/``model`` are checked by prepare."""
+    old = load_config(paths.config).train
+    changed = [f"train.{f.name}" for f in dataclasses.fields(TrainConfig)
+               if f.name not in RESUMABLE_TRAIN_KEYS
+               and getattr(old, f.name) != getattr(cfg.train, f.name)]
+    if changed:
+        raise UserError(
+            f"{paths.root}: resuming with other {', '.join(changed)} than the run was trained "
+            "with; its checkpoint keeps the optimizer, LR schedule and loss. Put them back, or "
+            f"train a new run_dir (a resume may change train.{', train.'.join(RESUMABLE_TRAIN_KEYS)})")
+    return old.epochs
+
+
+def extended_schedule(tc: TrainConfig, steps_per_epoch: int) -> WarmupSchedule | None:
+    """The learning-rate schedule of a resumed run whose ``train.epochs`` changed.
+
+    Only ``linear_decay`` with ``decay_steps: 0`` depends on the number of epochs (it
+    ends at the last step). It becomes the schedule the config now describes, the one a
+    run started with the new ``train.epochs`` has: from the resume step on, the learning
+    rate follows that decay to ``min_learning_rate`` at the end of the new last epoch (a
+    finished 10-epoch run extended to 15 resumes at a third of the peak). The other
+    schedules are step-based and go on unchanged (None).
+    """
+    if tc.lr_schedule != "linear_decay" or tc.decay_steps != 0:
+        return None
+    return make_schedule(tc, tc.epochs * steps_per_epoch)
+
+
 def stream_seed(seed: int, initial_epoch: int) -> int:
     """The seed of the data shuffle and dropout streams of a run that starts at ``initial_epoch``.
 
@@ -252,13 +328,16 @@ def train(
 ) -> dict[str, Any]:
     """Train ``cfg`` (preparing the run dir first if needed); returns a summary."""
     paths = ensure_prepared(cfg, data_root, step)
-    write_text_atomic(paths.config, dump_config(cfg))
     tc = cfg.train
-    paths.checkpoints.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {}
     if paths.train_state.is_file():
         state = json.loads(paths.train_state.read_text(encoding="utf-8"))
     initial_epoch = int(state.get("epoch", 0))
+    trained_epochs = tc.epochs
+    if initial_epoch:
+        trained_epochs = check_resume_settings(paths, cfg)
+    write_text_atomic(paths.config, dump_config(cfg))  # what this run uses from now on
+    paths.checkpoints.mkdir(parents=True, exist_ok=True)
     seed = stream_seed(tc.seed, initial_epoch)
     keras.utils.set_random_seed(seed)
     if tc.mixed_precision:
@@ -293,6 +372,15 @@ def train(
         report(f"resuming from {state['last']} (epoch {initial_epoch}, "
                f"optimizer step {int(model.optimizer.iterations.numpy())}; "
                f"shuffle and dropout reseeded with {seed})")
+        if trained_epochs != tc.epochs:
+            schedule = extended_schedule(tc, steps_per_epoch)
+            if schedule is not None:
+                model.optimizer.learning_rate = schedule
+                lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+                report(f"train.epochs {trained_epochs} -> {tc.epochs}: the learning rate now "
+                       f"decays linearly to {tc.min_learning_rate:g} at the end of epoch "
+                       f"{tc.epochs}; it is {lr:.3g} at optimizer step "
+                       f"{int(model.optimizer.iterations.numpy())}")
     else:
         model = build_model(cfg.model, tokenizers.src.vocab_size, tokenizers.tgt.vocab_size)
         compile_model(model, tc, total_steps=tc.epochs * steps_per_epoch)
@@ -308,7 +396,15 @@ def train(
         callback = EpochEnd(paths, cfg, translator, dev, target_tokens, state, report)
         # shuffle=False: the tf.data pipeline shuffles itself, seeded
         model.fit(train_ds, validation_data=dev_ds, epochs=tc.epochs, shuffle=False,
-                  initial_epoch=initial_epoch, callbacks=[keras.callbacks.TerminateOnNaN(),
-                                                          callback], verbose=verbose)
+                  initial_epoch=initial_epoch, callbacks=[callback], verbose=verbose)
+        if callback.diverged is not None:
+            if "last" in state:
+                where = (f"the last good checkpoint is {paths.checkpoints / state['last']} "
+                         f"(epoch {state['epoch']}): re-running the same command resumes from it")
+            else:
+                where = "no epoch had finished: re-running the same command starts over"
+            raise RunError(f"{paths.root}: training diverged: {callback.diverged}; nothing of "
+                           f"that epoch was saved, {where}. If it diverges again, train a new "
+                           "run_dir with a lower train.learning_rate or train.clip_norm > 0")
     return {"run_dir": str(paths.root), "parameters": model.count_params(), "seed": seed,
             **state}
