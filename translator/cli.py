@@ -84,12 +84,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _finite_float(text: str) -> float:
+    """``type=`` for float flags: ``float()`` alone accepts ``nan`` and ``inf``."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
 def _decode_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", metavar="FILE", help=(
         "weights to load (default: checkpoints/best.weights.h5; a bare name is looked up "
         "in the run's checkpoints/, e.g. averaged.weights.h5)"))
     p.add_argument("--beam-size", type=int, metavar="K", help="1 = greedy (default: config)")
-    p.add_argument("--length-penalty", type=float, metavar="A", help="GNMT alpha")
+    p.add_argument("--length-penalty", type=_finite_float, metavar="A", help="GNMT alpha")
     p.add_argument("--batch-size", type=int, metavar="B", help="sentences per batch")
 
 

@@ -8,6 +8,7 @@ message naming the full key path. This module imports no TensorFlow.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -238,6 +239,7 @@ def _range(
     high: float | None,
     open_low: bool = False,
 ) -> None:
+    _finite(key, value)
     too_low = low is not None and (value <= low if open_low else value < low)
     too_high = high is not None and value > high
     if too_low or too_high:
@@ -245,6 +247,12 @@ def _range(
         hi = "inf" if high is None else repr(high)
         bracket = "(" if open_low else "["
         raise ConfigError(f"{key}={value!r} is out of range; allowed: {bracket}{lo}, {hi}]")
+
+
+def _finite(key: str, value: Any) -> None:
+    """NaN passes every comparison and Inf every lower bound: reject both by name."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r} is not a finite number; give a number like 0.5")
 
 
 def _type_name(tp: Any) -> str:
@@ -282,13 +290,17 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads "1e-3" (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # PyYAML reads "1e-3" (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            _finite(key, number)  # YAML .nan / .inf, or "nan" / "inf" from --set
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -359,6 +371,9 @@ def config_from_dict(raw: Any, overrides: list[str] | tuple[str, ...] = ()) -> C
     if "data" not in merged:
         raise ConfigError("data.train is missing; the config needs a data section with train")
     run_dir = _coerce("run_dir", merged.get("run_dir", DEFAULT_RUN_DIR), str)
+    _require(bool(run_dir.strip()), "run_dir", run_dir,
+             f"a directory for the run's files (empty would write into the current directory; "
+             f"the default is {DEFAULT_RUN_DIR})")
     sections = {name: _build_section(name, cls, merged.get(name)) for name, cls in SECTIONS.items()}
     return Config(run_dir=run_dir, **sections)
 
