@@ -69,6 +69,8 @@ def _case(tmp, name):
         return ["prepare", write_config(tmp / "c.yaml", cfg)], "decode.max_ratio=inf is not a finite"
     if name == "empty_run_dir":
         return ["prepare", good, "--set", "run_dir="], "run_dir='' is not valid"
+    if name == "vocab_too_small":  # SentencePiece's RuntimeError at prepare
+        return ["prepare", good, "--set", "tokenizer.vocab_size=10"], "tokenizer.vocab_size=10 is too small"
     if name == "input_file_missing":
         return ["translate", tmp, "--input", tmp / "absent.txt"], "absent.txt: cannot read"
     raise AssertionError(name)
@@ -78,7 +80,7 @@ CASES = ["unknown_key", "wrong_type", "out_of_range", "bad_override", "missing_c
          "invalid_yaml", "mismatched_lines", "invalid_utf8", "missing_corpus", "empty_corpus",
          "missing_data_root", "not_a_run_dir", "bad_flag_value", "unknown_subcommand",
          "evaluate_src_without_ref", "input_file_missing", "nan_flag", "inf_flag",
-         "nan_config_value", "inf_yaml_value", "empty_run_dir"]
+         "nan_config_value", "inf_yaml_value", "empty_run_dir", "vocab_too_small"]
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -196,8 +196,10 @@ class DecodeConfig:
                 f"decode.n_best={self.n_best} is larger than decode.beam_size={self.beam_size}; "
                 "n_best must be <= beam_size"
             )
-        _range("decode.max_ratio", self.max_ratio, 0.0, None)
-        _range("decode.max_extra", self.max_extra, 0, None)
+        # bounded so that the int32 length limit cannot overflow (an overflowed limit
+        # broke the search graph with a TensorListStack error)
+        _range("decode.max_ratio", self.max_ratio, 0.0, 100.0)
+        _range("decode.max_extra", self.max_extra, 0, 10_000)
         _range("decode.batch_size", self.batch_size, 1, None)
 
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +71,17 @@ class Translator:
             if not (paths.checkpoints / weights).is_file():
                 raise UserError(f"{weights}: no such weights file (nor in {paths.checkpoints})")
             weights = paths.checkpoints / weights  # a name inside the run's checkpoints/
-        model.load_weights(weights)
+        try:
+            model.load_weights(weights)
+        except (ValueError, OSError, zipfile.BadZipFile) as exc:
+            # not a Keras file, a truncated one, or the weights of another model
+            first = next((line for line in str(exc).splitlines() if line.strip()), "")
+            reason = f" ({type(exc).__name__}: {first.strip()[:160]})" if first else ""
+            raise UserError(
+                f"{weights}: cannot load these weights into the model of {run_dir}{reason}; "
+                "give a .weights.h5 or .keras file saved by this run (e.g. "
+                f"{BEST_WEIGHTS} or averaged.weights.h5)"
+            ) from None
         return cls(model, tokenizers, cfg.decode)
 
     # ------------------------------------------------------------------ compiled searches

@@ -1,0 +1,72 @@
+"""translate / evaluate on the tiny memorized run: what the README promises about them."""
+
+import shutil
+
+import pytest
+import yaml
+
+
+def copy_run(run, dest, **decode):
+    """The files translate/evaluate read, copied so that the config can be edited."""
+    (dest / "checkpoints").mkdir(parents=True)
+    for name in ("spm.model", "checkpoints/best.weights.h5"):
+        shutil.copy(run / name, dest / name)
+    cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    cfg["decode"].update(decode)
+    (dest / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    return dest
+
+
+def assert_one_line(code, err, fragment):
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("translator: error: ") and fragment in err, err
+
+
+def _other_models_weights(path, vocab):
+    from translator.config import ModelConfig
+    from translator.model import build_model
+
+    build_model(ModelConfig(embed_dim=32, hidden_size=64), vocab + 7, vocab + 7).save_weights(path)
+
+
+@pytest.mark.parametrize("kind", ["not_keras", "garbage_h5", "truncated_h5", "truncated_keras",
+                                  "other_model"])
+def test_unloadable_weights_give_one_line(kind, memorized_run, run_cli, tmp_path):
+    run = memorized_run["run_dir"]
+    best = (run / "checkpoints" / "best.weights.h5").read_bytes()
+    if kind == "not_keras":
+        path = tmp_path / "notes.txt"
+        path.write_text("hello\n")
+    elif kind == "garbage_h5":
+        path = tmp_path / "x.weights.h5"
+        path.write_bytes(b"not hdf5 at all\n" * 10)
+    elif kind == "truncated_h5":
+        path = tmp_path / "cut.weights.h5"
+        path.write_bytes(best[: len(best) // 3])
+    elif kind == "truncated_keras":
+        keras_file = sorted((run / "checkpoints").glob("epoch-*.keras"))[-1].read_bytes()
+        path = tmp_path / "cut.keras"
+        path.write_bytes(keras_file[: len(keras_file) // 3])
+    else:
+        from translator.tokenizer import Tokenizers
+
+        path = tmp_path / "other.weights.h5"
+        _other_models_weights(path, Tokenizers.load(run).src.vocab_size)
+    for argv in (["translate", run, memorized_run["src"][0]], ["evaluate", run, "--split", "dev"]):
+        code, out, err = run_cli(*argv, "--weights", path)
+        assert_one_line(code, err, f"{path}: cannot load these weights")
+        assert out == ""
+
+
+@pytest.mark.parametrize("value, fragment", [
+    (float("inf"), "decode.max_ratio=inf is not a finite number"),
+    (1e12, "decode.max_ratio=1000000000000.0 is out of range"),  # overflowed the int32 limit
+])
+def test_decode_limit_that_breaks_the_search_is_refused(value, fragment, memorized_run, run_cli,
+                                                        tmp_path):
+    run = copy_run(memorized_run["run_dir"], tmp_path / "run", max_ratio=value)
+    code, out, err = run_cli("translate", run, memorized_run["src"][0])
+    assert_one_line(code, err, fragment)
+    assert str(run / "config.yaml") in err
