@@ -70,3 +70,51 @@ def test_decode_limit_that_breaks_the_search_is_refused(value, fragment, memoriz
     code, out, err = run_cli("translate", run, memorized_run["src"][0])
     assert_one_line(code, err, fragment)
     assert str(run / "config.yaml") in err
+
+
+def test_set_decode_keys_on_translate_and_evaluate(memorized_run, run_cli, tmp_path):
+    import json
+
+    run, src, tgt = memorized_run["run_dir"], memorized_run["src"], memorized_run["tgt"]
+    long = max(range(len(src)), key=lambda i: len(tgt[i].split()))
+    assert len(tgt[long].split()) >= 3
+    code, out, err = run_cli("translate", run, src[long])
+    assert code == 0 and out == tgt[long] + "\n"
+    # the output limit max_ratio * source_length + max_extra, set without editing config.yaml
+    code, out, err = run_cli("translate", run, src[long], "--set", "decode.max_ratio=0",
+                             "--set", "decode.max_extra=1")
+    assert code == 0, err
+    assert len(out.split()) == 1 and tgt[long].startswith(out.strip())
+    (tmp_path / "s.txt").write_text(src[long] + "\n", encoding="utf-8")
+    (tmp_path / "r.txt").write_text(tgt[long] + "\n", encoding="utf-8")
+    code, out, err = run_cli("evaluate", run, "--src", tmp_path / "s.txt", "--ref",
+                             tmp_path / "r.txt", "--output", tmp_path / "h.txt",
+                             "--set", "decode.beam_size=2", "--set", "decode.max_ratio=0",
+                             "--set", "decode.max_extra=1")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["beam_size"] == 2 and result["bleu"] < 100
+    assert len((tmp_path / "h.txt").read_text(encoding="utf-8").split()) == 1
+    # the run's config.yaml is not changed
+    assert "max_extra: 10" in (run / "config.yaml").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("command", ["translate", "evaluate"])
+@pytest.mark.parametrize("override, fragment", [
+    ("model.hidden_size=8", "model.hidden_size is fixed by the trained run; translate and "
+                            "evaluate take only decode.KEY=VALUE"),
+    ("run_dir=elsewhere", "run_dir is fixed by the trained run"),
+    ("decode.beam_width=3", "unknown key decode.beam_width; valid keys of decode"),
+    ("decode.beam_size=0", "decode.beam_size=0 is out of range"),
+    ("decode.max_ratio=inf", "decode.max_ratio=inf is not a finite number"),
+])
+def test_set_refuses_what_translate_cannot_change(command, override, fragment, memorized_run,
+                                                  run_cli):
+    argv = [command, memorized_run["run_dir"], "--set", override]
+    if command == "translate":
+        argv.insert(2, memorized_run["src"][0])
+    else:
+        argv += ["--split", "dev"]
+    code, out, err = run_cli(*argv)
+    assert_one_line(code, err, fragment)
+    assert out == ""

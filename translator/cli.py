@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="N hypotheses per line, tab-separated, best first")
     p.add_argument("--attention-plot", metavar="PNG",
                    help="heatmap of the first sentence's attention")
+    _decode_set(p)
 
     p = sub.add_parser("evaluate", help="translate a test split and score it (JSON)")
     p.add_argument("run_dir")
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", metavar="HYP",
                    help="where to write hypotheses (default RUN_DIR/eval/<split>.hyp)")
     _decode_flags(p)
+    _decode_set(p)
 
     p = sub.add_parser("average", help="average the weights of the last epoch checkpoints")
     p.add_argument("run_dir")
@@ -82,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", metavar="DIR", help="default: the data root")
     _common(p, config=False)
     return parser
+
+
+def _decode_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="decode.KEY=VALUE",
+                   help="override a decode setting of the run's config.yaml (repeatable)")
 
 
 def _finite_float(text: str) -> float:
@@ -251,7 +259,7 @@ def cmd_translate(args) -> int:
         texts = _read_text_lines(args.input)
     from translator.translator import Translator
 
-    t = Translator.load(args.run_dir, args.weights)
+    t = Translator.load(args.run_dir, args.weights, args.overrides)
     show = args.input is not None and sys.stderr.isatty()
     bar, advance = _progress(len(texts), show)
     with bar:
@@ -293,7 +301,7 @@ def cmd_evaluate(args) -> int:
     from translator.metrics import score_all
     from translator.translator import BEST_WEIGHTS, Translator
 
-    t = Translator.load(run_dir, args.weights)
+    t = Translator.load(run_dir, args.weights, args.overrides)
     beam = args.beam_size or t.decode.beam_size
     alpha = t.decode.length_penalty if args.length_penalty is None else args.length_penalty
     bar, advance = _progress(len(src), sys.stderr.isatty())

@@ -402,6 +402,25 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}: {exc}") from None
 
 
+def with_decode_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """A trained run's config with ``--set decode.key=value`` applied and validated.
+
+    Only ``decode.*`` can change after training (the model, tokenizer and data are
+    fixed by the run), so any other key is refused, named.
+    """
+    for text in overrides:
+        parts, _ = _parse_override(text)
+        if len(parts) != 2 or parts[0] != "decode":
+            valid = ", ".join(f.name for f in dataclasses.fields(DecodeConfig))
+            raise ConfigError(
+                f"--set {text!r}: {'.'.join(parts)} is fixed by the trained run; translate "
+                f"and evaluate take only decode.KEY=VALUE (keys: {valid})"
+            )
+    if not overrides:
+        return cfg
+    return config_from_dict(config_to_dict(cfg), overrides)
+
+
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 

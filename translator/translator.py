@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from translator.config import Config, DecodeConfig, load_config
+from translator.config import Config, DecodeConfig, load_config, with_decode_overrides
 from translator.decoding import beam_search, greedy_search, max_lengths
 from translator.errors import UserError
 from translator.model import Seq2Seq, build_model
@@ -54,13 +54,15 @@ class Translator:
         self._searches: dict[tuple, Callable] = {}
 
     @classmethod
-    def load(cls, run_dir: str | Path, weights: str | Path | None = None) -> Translator:
+    def load(cls, run_dir: str | Path, weights: str | Path | None = None,
+             overrides: Sequence[str] = ()) -> Translator:
         """Load from a run dir: ``config.yaml``, tokenizer and the best weights (or
-        ``weights``: a path, or a file name in the run's ``checkpoints/``)."""
+        ``weights``: a path, or a file name in the run's ``checkpoints/``).
+        ``overrides`` (``"decode.key=value"``) change the run's decode settings."""
         paths = RunPaths(Path(run_dir))
         if not paths.config.is_file():
             raise UserError(f"{run_dir}: not a run dir (no config.yaml); train one first")
-        cfg: Config = load_config(paths.config)
+        cfg: Config = with_decode_overrides(load_config(paths.config), tuple(overrides))
         tokenizers = Tokenizers.load(paths.root)
         model = build_model(cfg.model, tokenizers.src.vocab_size, tokenizers.tgt.vocab_size)
         if not weights:
