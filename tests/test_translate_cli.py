@@ -118,3 +118,23 @@ def test_set_refuses_what_translate_cannot_change(command, override, fragment, m
     code, out, err = run_cli(*argv)
     assert_one_line(code, err, fragment)
     assert out == ""
+
+
+def test_input_with_no_subwords_is_empty_in_empty_out(memorized_run, run_cli, monkeypatch):
+    import io
+    import sys
+
+    from translator import Translator
+
+    run, src, tgt = memorized_run["run_dir"], memorized_run["src"], memorized_run["tgt"]
+    invisible = ["\u200b", " \u2060\ufeff ", "\u200b\u200b", "\u200e"]
+    results = Translator.load(run).translate([invisible[0], src[0], *invisible[1:]],
+                                             beam_size=2)
+    assert [r.text for r in results] == ["", tgt[0], "", "", ""]
+    assert [r.score for r in results[2:]] == [0.0, 0.0, 0.0] and results[0].score == 0.0
+    lines = [src[1], *invisible, src[2]]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(
+        ("\n".join(lines) + "\n").encode())))
+    code, out, err = run_cli("translate", run)
+    assert code == 0, err
+    assert out.split("\n") == [tgt[1], "", "", "", "", tgt[2], ""]

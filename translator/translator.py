@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from translator.config import Config, DecodeConfig, load_config, with_decode_overrides
+from translator.corpus import normalize
 from translator.decoding import beam_search, greedy_search, max_lengths
 from translator.errors import UserError
 from translator.model import Seq2Seq, build_model
@@ -114,7 +115,9 @@ class Translator:
         return self._searches[key]
 
     def encode_sources(self, texts: Sequence[str]) -> list[list[int]]:
-        return [ids + [EOS_ID] for ids in self.tokenizers.src.encode(texts)]
+        """Source ids + EOS, after the cleaning's :func:`~translator.corpus.normalize`
+        (what the model was trained on); a text with nothing to translate is ``[EOS]``."""
+        return [ids + [EOS_ID] for ids in self.tokenizers.src.encode([normalize(t) for t in texts])]
 
     # ------------------------------------------------------------------ public API
 
@@ -130,9 +133,10 @@ class Translator:
     ) -> list[Translation]:
         """Translate ``texts``; one :class:`Translation` per input, in input order.
 
-        Sentences are sorted by length into batches and put back in order; an empty
-        (or all-whitespace) input gives an empty translation. ``on_batch(n)`` is called
-        after each batch of ``n`` sentences (for progress bars).
+        Sentences are sorted by length into batches and put back in order. An input
+        with nothing to translate (empty, whitespace or zero-width characters only: no
+        subwords) gives an empty translation with score 0 and is not sent to the model.
+        ``on_batch(n)`` is called after each batch of ``n`` sentences (for progress bars).
         """
         beam_size = self.decode.beam_size if beam_size is None else beam_size
         alpha = self.decode.length_penalty if length_penalty is None else length_penalty
@@ -140,11 +144,12 @@ class Translator:
         if n_best > beam_size:
             raise UserError(f"--n-best {n_best} is larger than --beam-size {beam_size}")
         results: list[Translation | None] = [None] * len(texts)
-        todo = [i for i, t in enumerate(texts) if t.strip()]
-        for i, t in enumerate(texts):
-            if not t.strip():
+        all_ids = self.encode_sources(texts)
+        todo = [i for i, source in enumerate(all_ids) if len(source) > 1]  # more than EOS
+        for i, source in enumerate(all_ids):
+            if len(source) == 1:  # empty in, empty out
                 results[i] = Translation(text="", score=0.0)
-        ids = self.encode_sources([texts[i] for i in todo])
+        ids = [all_ids[i] for i in todo]
         order = sorted(range(len(todo)), key=lambda j: len(ids[j]))
         search = self._search(beam_size, alpha, n_best, return_attention)
         for start in range(0, len(order), batch_size):
