@@ -138,3 +138,66 @@ def test_input_with_no_subwords_is_empty_in_empty_out(memorized_run, run_cli, mo
     code, out, err = run_cli("translate", run)
     assert code == 0, err
     assert out.split("\n") == [tgt[1], "", "", "", "", tgt[2], ""]
+
+
+def test_n_best_is_deduplicated_by_text(memorized_run):
+    """Two segmentations of one string are one hypothesis, with the better score."""
+    import numpy as np
+
+    from translator import Translator
+
+    t = Translator.load(memorized_run["run_dir"])
+    sp = t.tokenizers.tgt.sp
+    whole = sp.encode("the dog", out_type=int)
+    pieces = [sp.id_to_piece(i) for i in whole]
+    assert pieces == ["▁the", "▁dog"]
+    spelled = [sp.piece_to_id(p) for p in ["▁the", "▁", "d", "o", "g"]]
+    assert sp.unk_id() not in spelled and sp.decode(spelled) == "the dog"
+    other = sp.encode("the cat", out_type=int)
+    hyps = [whole, spelled, other]  # best first, as the search returns them
+    tokens = np.zeros((1, 3, 5), np.int32)
+    for n, h in enumerate(hyps):
+        tokens[0, n, : len(h)] = h
+    out = {"tokens": tokens, "lengths": np.array([[len(h) for h in hyps]]),
+           "scores": np.array([[-0.1, -0.5, -0.9]], np.float32)}
+    result = t._make(out, 0, [4, 3], 2, False)
+    assert [h.text for h in result.n_best] == ["the dog", "the cat"]
+    assert [round(h.score, 4) for h in result.n_best] == [-0.1, -0.9]
+    assert result.n_best[0].pieces == pieces and result.text == "the dog"
+    assert [h.text for h in t._make(out, 0, [4, 3], 3, False).n_best] == ["the dog", "the cat"]
+
+
+def test_n_best_default_comes_from_the_run_config(memorized_run, run_cli, tmp_path):
+    import json
+
+    run = copy_run(memorized_run["run_dir"], tmp_path / "run", beam_size=3, n_best=2)
+    src, tgt = memorized_run["src"][:4], memorized_run["tgt"][:4]
+    code, out, err = run_cli("translate", run, *src)
+    assert code == 0, err
+    lines = [line.split("\t") for line in out.splitlines()]
+    assert len(lines) == 4 and all(len(hyps) == 2 and hyps[0] != hyps[1] for hyps in lines)
+    assert [hyps[0] for hyps in lines] == tgt
+    code, out, err = run_cli("translate", run, *src, "--n-best", "1")
+    assert code == 0 and out.splitlines() == tgt
+    code, out, err = run_cli("translate", run, src[0], "--beam-size", "1")
+    assert_one_line(code, err, "n-best 2 (decode.n_best) is larger than the beam size 1 "
+                               "(--beam-size)")
+    # evaluate: BLEU on the best hypothesis, the n-best list in <hyp>.nbest
+    (tmp_path / "s.txt").write_text("\n".join(src) + "\n", encoding="utf-8")
+    (tmp_path / "r.txt").write_text("\n".join(tgt) + "\n", encoding="utf-8")
+    code, out, err = run_cli("evaluate", run, "--src", tmp_path / "s.txt", "--ref",
+                             tmp_path / "r.txt")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["bleu"] == 100.0 and result["n_best"] == 2 and result["beam_size"] == 3
+    assert result["hypotheses"] == str(run / "eval" / "s.txt.hyp")
+    assert result["nbest"] == str(run / "eval" / "s.txt.nbest")
+    assert (run / "eval" / "s.txt.hyp").read_text(encoding="utf-8").splitlines() == tgt
+    nbest = [x.split("\t") for x in (run / "eval" / "s.txt.nbest").read_text("utf-8").splitlines()]
+    assert nbest == lines
+    # n_best 1 (the default): no .nbest file
+    code, out, err = run_cli("evaluate", run, "--src", tmp_path / "s.txt", "--ref",
+                             tmp_path / "r.txt", "--set", "decode.n_best=1", "--output",
+                             tmp_path / "one.hyp")
+    assert code == 0 and "nbest" not in json.loads(out)
+    assert not (tmp_path / "one.nbest").exists()

@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", "-i", metavar="FILE")
     p.add_argument("--output", "-o", metavar="FILE")
     _decode_flags(p)
-    p.add_argument("--n-best", type=int, default=1, metavar="N",
-                   help="N hypotheses per line, tab-separated, best first")
+    p.add_argument("--n-best", type=int, metavar="N",
+                   help="up to N distinct hypotheses per line, tab-separated, best first "
+                        "(default: the run's decode.n_best)")
     p.add_argument("--attention-plot", metavar="PNG",
                    help="heatmap of the first sentence's attention")
     _decode_set(p)
@@ -266,7 +267,8 @@ def cmd_translate(args) -> int:
         results = t.translate(texts, beam_size=args.beam_size, length_penalty=args.length_penalty,
                               n_best=args.n_best, batch_size=args.batch_size,
                               return_attention=bool(args.attention_plot), on_batch=advance)
-    lines = ["\t".join(h.text for h in r.n_best) if args.n_best > 1 and r.n_best else r.text
+    n_best = t.decode.n_best if args.n_best is None else args.n_best
+    lines = ["\t".join(h.text for h in r.n_best) if n_best > 1 and r.n_best else r.text
              for r in results]
     _write_lines(args.output, lines)
     if args.attention_plot:
@@ -307,16 +309,22 @@ def cmd_evaluate(args) -> int:
     bar, advance = _progress(len(src), sys.stderr.isatty())
     started = time.perf_counter()
     with bar:
-        results = t.translate(src, beam_size=beam, length_penalty=alpha,
+        results = t.translate(src, beam_size=args.beam_size, length_penalty=alpha,
                               batch_size=args.batch_size, on_batch=advance)
     seconds = time.perf_counter() - started
     hyps = [r.text for r in results]
     out = Path(args.output) if args.output else run_dir / "eval" / f"{name}.hyp"
     _write_lines(str(out), hyps)
-    scores = score_all(hyps, ref)
+    scores = score_all(hyps, ref)  # on the best hypothesis
     scores.update({"split": name, "weights": args.weights or BEST_WEIGHTS,
                    "beam_size": beam, "length_penalty": alpha,
                    "translate_seconds": round(seconds, 1), "hypotheses": str(out)})
+    if t.decode.n_best > 1:  # the run's decode.n_best (or --set decode.n_best=N)
+        nbest = out.with_suffix(".nbest")
+        if nbest == out:
+            nbest = out.with_name(out.name + ".nbest")
+        _write_lines(str(nbest), ["\t".join(h.text for h in r.n_best) for r in results])
+        scores.update({"n_best": t.decode.n_best, "nbest": str(nbest)})
     print(json.dumps(scores))
     return 0
 

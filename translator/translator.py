@@ -126,7 +126,7 @@ class Translator:
         texts: Sequence[str],
         beam_size: int | None = None,
         length_penalty: float | None = None,
-        n_best: int = 1,
+        n_best: int | None = None,
         batch_size: int | None = None,
         return_attention: bool = False,
         on_batch: Callable[[int], None] | None = None,
@@ -137,12 +137,23 @@ class Translator:
         with nothing to translate (empty, whitespace or zero-width characters only: no
         subwords) gives an empty translation with score 0 and is not sent to the model.
         ``on_batch(n)`` is called after each batch of ``n`` sentences (for progress bars).
+
+        Unset arguments come from the run's ``decode`` config. ``n_best`` > 1 gives up to
+        ``n_best`` hypotheses with distinct text: different segmentations of the same
+        string are one hypothesis (with the best score), so the search keeps all
+        ``beam_size`` hypotheses and the first ``n_best`` distinct ones are returned.
         """
-        beam_size = self.decode.beam_size if beam_size is None else beam_size
+        beam_given, n_given = beam_size is not None, n_best is not None
+        beam_size = beam_size if beam_given else self.decode.beam_size
+        n_best = n_best if n_given else self.decode.n_best
         alpha = self.decode.length_penalty if length_penalty is None else length_penalty
         batch_size = batch_size or self.decode.batch_size
         if n_best > beam_size:
-            raise UserError(f"--n-best {n_best} is larger than --beam-size {beam_size}")
+            raise UserError(
+                f"n-best {n_best} ({'--n-best' if n_given else 'decode.n_best'}) is larger than "
+                f"the beam size {beam_size} ({'--beam-size' if beam_given else 'decode.beam_size'})"
+                "; the n-best list comes from the beam, so n-best must be <= beam size"
+            )
         results: list[Translation | None] = [None] * len(texts)
         all_ids = self.encode_sources(texts)
         todo = [i for i, source in enumerate(all_ids) if len(source) > 1]  # more than EOS
@@ -151,7 +162,8 @@ class Translator:
                 results[i] = Translation(text="", score=0.0)
         ids = [all_ids[i] for i in todo]
         order = sorted(range(len(todo)), key=lambda j: len(ids[j]))
-        search = self._search(beam_size, alpha, n_best, return_attention)
+        searched = beam_size if n_best > 1 else 1  # all beams, to fill n_best after dedup
+        search = self._search(beam_size, alpha, searched, return_attention)
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             width = max(len(ids[j]) for j in chunk)
@@ -166,12 +178,21 @@ class Translator:
         return results  # type: ignore[return-value]
 
     def _make(self, out, row, src_ids, n_best, return_attention) -> Translation:
+        """The :class:`Translation` of ``row`` of a search's output: its searched
+        hypotheses (best first) deduplicated by text, the first ``n_best`` kept."""
         tgt = self.tokenizers.tgt
-        hyps = []
-        for n in range(n_best):
+        hyps: list[Hypothesis] = []
+        seen: set[str] = set()
+        for n in range(out["tokens"].shape[1]):
             toks = out["tokens"][row, n, : out["lengths"][row, n]].tolist()
-            hyps.append(Hypothesis(tgt.decode(toks), float(out["scores"][row, n]),
+            text = tgt.decode(toks)
+            if text in seen:  # the same string from another segmentation, scored lower
+                continue
+            seen.add(text)
+            hyps.append(Hypothesis(text, float(out["scores"][row, n]),
                                    [tgt.id_to_piece(t) for t in toks]))
+            if len(hyps) == n_best:
+                break
         best = hyps[0]
         result = Translation(text=best.text, score=best.score, n_best=hyps)
         if return_attention:
