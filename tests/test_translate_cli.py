@@ -201,3 +201,39 @@ def test_n_best_default_comes_from_the_run_config(memorized_run, run_cli, tmp_pa
                              tmp_path / "one.hyp")
     assert code == 0 and "nbest" not in json.loads(out)
     assert not (tmp_path / "one.nbest").exists()
+
+
+def test_inputs_longer_than_train_max_len_are_reported(memorized_run, run_cli, tmp_path):
+    import json
+
+    from translator import Translator
+
+    run, src, tgt = memorized_run["run_dir"], memorized_run["src"], memorized_run["tgt"]
+    t = Translator.load(run)
+    assert t.max_len == 20  # the toy config's train.max_len
+    encode = t.tokenizers.src.encode
+    word = next(w for w in " ".join(src).split() if len(encode([w])[0]) == 1)
+    at_limit, over = " ".join([word] * 20), " ".join([word] * 21)
+    assert [len(ids) for ids in encode([at_limit, over])] == [20, 21]  # subwords
+    results = t.translate([at_limit, over, src[0], ""])
+    assert [r.source_too_long for r in results] == [False, True, False, False]
+    long = " ".join(src[:8])  # 8 sentences, about 30 subwords
+    code, out, err = run_cli("translate", run, long, src[0], src[1])
+    assert code == 0, err
+    assert len(out.splitlines()) == 3 and out.splitlines()[1:] == tgt[:2]
+    assert err.splitlines() == [
+        "translator: warning: 1 of 3 inputs is longer than train.max_len=20 subwords, the "
+        "longest the model was trained on; its translation may be cut short: split it into "
+        "sentences"]
+    code, out, err = run_cli("translate", run, src[0], src[1])
+    assert code == 0 and err == ""
+    (tmp_path / "s.txt").write_text("\n".join([long, over, src[0]]) + "\n", encoding="utf-8")
+    (tmp_path / "r.txt").write_text("\n".join(["x", "y", tgt[0]]) + "\n", encoding="utf-8")
+    code, out, err = run_cli("evaluate", run, "--src", tmp_path / "s.txt", "--ref",
+                             tmp_path / "r.txt", "--output", tmp_path / "h.txt")
+    assert code == 0, err
+    assert json.loads(out)["sources_over_max_len"] == 2
+    assert [line for line in err.splitlines() if "warning" in line] == [
+        "translator: warning: 2 of 3 sentences are longer than train.max_len=20 subwords, the "
+        "longest the model was trained on; their translations may be cut short: split them "
+        "into sentences"]

@@ -169,6 +169,18 @@ def _check_decode_flags(args) -> None:
         raise UserError(f"--length-penalty must be >= 0, got {args.length_penalty}")
 
 
+def _warn_too_long(results, max_len: int | None, what: str = "inputs") -> int:
+    """One warning line for the sources longer than the model was trained on."""
+    count = sum(r.source_too_long for r in results)
+    if count:
+        is_, its, it = ("is", "its translation", "it") if count == 1 else (
+            "are", "their translations", "them")
+        print(f"translator: warning: {count} of {len(results)} {what} {is_} longer than "
+              f"train.max_len={max_len} subwords, the longest the model was trained on; "
+              f"{its} may be cut short: split {it} into sentences", file=sys.stderr)
+    return count
+
+
 def _progress(total: int, enabled: bool):
     """A progress bar on stderr; returns (context manager, advance function)."""
     from rich.console import Console
@@ -267,6 +279,7 @@ def cmd_translate(args) -> int:
         results = t.translate(texts, beam_size=args.beam_size, length_penalty=args.length_penalty,
                               n_best=args.n_best, batch_size=args.batch_size,
                               return_attention=bool(args.attention_plot), on_batch=advance)
+    _warn_too_long(results, t.max_len)
     n_best = t.decode.n_best if args.n_best is None else args.n_best
     lines = ["\t".join(h.text for h in r.n_best) if n_best > 1 and r.n_best else r.text
              for r in results]
@@ -315,10 +328,12 @@ def cmd_evaluate(args) -> int:
     hyps = [r.text for r in results]
     out = Path(args.output) if args.output else run_dir / "eval" / f"{name}.hyp"
     _write_lines(str(out), hyps)
+    too_long = _warn_too_long(results, t.max_len, "sentences")
     scores = score_all(hyps, ref)  # on the best hypothesis
     scores.update({"split": name, "weights": args.weights or BEST_WEIGHTS,
                    "beam_size": beam, "length_penalty": alpha,
-                   "translate_seconds": round(seconds, 1), "hypotheses": str(out)})
+                   "translate_seconds": round(seconds, 1), "hypotheses": str(out),
+                   "sources_over_max_len": too_long})
     if t.decode.n_best > 1:  # the run's decode.n_best (or --set decode.n_best=N)
         nbest = out.with_suffix(".nbest")
         if nbest == out:

@@ -36,22 +36,27 @@ class Hypothesis:
 @dataclass
 class Translation:
     """One translated sentence: best ``text`` and ``score``; ``n_best`` hypotheses
-    (best first); ``attention`` ``(target_pieces + EOS, source_pieces + EOS)`` when asked."""
+    (best first); ``attention`` ``(target_pieces + EOS, source_pieces + EOS)`` when asked;
+    ``source_too_long`` when the source has more subwords than ``train.max_len``, the
+    longest the model saw in training (its translation may be cut short)."""
 
     text: str
     score: float
     n_best: list[Hypothesis] = field(default_factory=list)
     source_pieces: list[str] = field(default_factory=list)
     attention: np.ndarray | None = None
+    source_too_long: bool = False  # more subwords than the model was trained on (max_len)
 
 
 class Translator:
     """Translate raw sentences with a trained :class:`Seq2Seq`."""
 
-    def __init__(self, model: Seq2Seq, tokenizers: Tokenizers, decode: DecodeConfig | None = None):
+    def __init__(self, model: Seq2Seq, tokenizers: Tokenizers, decode: DecodeConfig | None = None,
+                 max_len: int | None = None):
         self.model = model
         self.tokenizers = tokenizers
         self.decode = decode or DecodeConfig()
+        self.max_len = max_len  # train.max_len: longest source (subwords) seen in training
         self._searches: dict[tuple, Callable] = {}
 
     @classmethod
@@ -85,7 +90,7 @@ class Translator:
                 "give a .weights.h5 or .keras file saved by this run (e.g. "
                 f"{BEST_WEIGHTS} or averaged.weights.h5)"
             ) from None
-        return cls(model, tokenizers, cfg.decode)
+        return cls(model, tokenizers, cfg.decode, cfg.train.max_len)
 
     # ------------------------------------------------------------------ compiled searches
 
@@ -172,7 +177,9 @@ class Translator:
                 batch[row, : len(ids[j])] = ids[j]
             out = {k: v.numpy() for k, v in search(tf.constant(batch)).items()}
             for row, j in enumerate(chunk):
-                results[todo[j]] = self._make(out, row, ids[j], n_best, return_attention)
+                result = self._make(out, row, ids[j], n_best, return_attention)
+                result.source_too_long = self.max_len is not None and len(ids[j]) - 1 > self.max_len
+                results[todo[j]] = result
             if on_batch is not None:
                 on_batch(len(chunk))
         return results  # type: ignore[return-value]
