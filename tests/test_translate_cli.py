@@ -179,9 +179,12 @@ def test_n_best_default_comes_from_the_run_config(memorized_run, run_cli, tmp_pa
     assert [hyps[0] for hyps in lines] == tgt
     code, out, err = run_cli("translate", run, *src, "--n-best", "1")
     assert code == 0 and out.splitlines() == tgt
-    code, out, err = run_cli("translate", run, src[0], "--beam-size", "1")
-    assert_one_line(code, err, "n-best 2 (decode.n_best) is larger than the beam size 1 "
-                               "(--beam-size)")
+    # greedy has one hypothesis: the config's n_best is capped at a smaller --beam-size ...
+    code, out, err = run_cli("translate", run, *src, "--beam-size", "1")
+    assert code == 0 and out.splitlines() == tgt
+    # ... but an --n-best larger than the beam is an error
+    code, out, err = run_cli("translate", run, src[0], "--beam-size", "2", "--n-best", "3")
+    assert_one_line(code, err, "--n-best 3 is larger than the beam size 2")
     # evaluate: BLEU on the best hypothesis, the n-best list in <hyp>.nbest
     (tmp_path / "s.txt").write_text("\n".join(src) + "\n", encoding="utf-8")
     (tmp_path / "r.txt").write_text("\n".join(tgt) + "\n", encoding="utf-8")

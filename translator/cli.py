@@ -280,7 +280,7 @@ def cmd_translate(args) -> int:
                               n_best=args.n_best, batch_size=args.batch_size,
                               return_attention=bool(args.attention_plot), on_batch=advance)
     _warn_too_long(results, t.max_len)
-    n_best = t.decode.n_best if args.n_best is None else args.n_best
+    _, _, n_best = t.settings(args.beam_size, args.length_penalty, args.n_best)
     lines = ["\t".join(h.text for h in r.n_best) if n_best > 1 and r.n_best else r.text
              for r in results]
     _write_lines(args.output, lines)
@@ -317,12 +317,11 @@ def cmd_evaluate(args) -> int:
     from translator.translator import BEST_WEIGHTS, Translator
 
     t = Translator.load(run_dir, args.weights, args.overrides)
-    beam = args.beam_size or t.decode.beam_size
-    alpha = t.decode.length_penalty if args.length_penalty is None else args.length_penalty
+    beam, alpha, n_best = t.settings(args.beam_size, args.length_penalty)
     bar, advance = _progress(len(src), sys.stderr.isatty())
     started = time.perf_counter()
     with bar:
-        results = t.translate(src, beam_size=args.beam_size, length_penalty=alpha,
+        results = t.translate(src, beam_size=beam, length_penalty=alpha, n_best=n_best,
                               batch_size=args.batch_size, on_batch=advance)
     seconds = time.perf_counter() - started
     hyps = [r.text for r in results]
@@ -334,12 +333,12 @@ def cmd_evaluate(args) -> int:
                    "beam_size": beam, "length_penalty": alpha,
                    "translate_seconds": round(seconds, 1), "hypotheses": str(out),
                    "sources_over_max_len": too_long})
-    if t.decode.n_best > 1:  # the run's decode.n_best (or --set decode.n_best=N)
+    if n_best > 1:  # the run's decode.n_best (or --set decode.n_best=N), at most the beam
         nbest = out.with_suffix(".nbest")
         if nbest == out:
             nbest = out.with_name(out.name + ".nbest")
         _write_lines(str(nbest), ["\t".join(h.text for h in r.n_best) for r in results])
-        scores.update({"n_best": t.decode.n_best, "nbest": str(nbest)})
+        scores.update({"n_best": n_best, "nbest": str(nbest)})
     print(json.dumps(scores))
     return 0
 

@@ -126,6 +126,23 @@ class Translator:
 
     # ------------------------------------------------------------------ public API
 
+    def settings(self, beam_size: int | None = None, length_penalty: float | None = None,
+                 n_best: int | None = None) -> tuple[int, float, int]:
+        """The ``(beam_size, length_penalty, n_best)`` a search uses: the given values,
+        else the run's ``decode`` config. The config's ``n_best`` is capped at a given
+        ``beam_size`` (greedy search has one hypothesis); a given ``n_best`` larger
+        than the beam is an error."""
+        alpha = self.decode.length_penalty if length_penalty is None else length_penalty
+        if beam_size is None:
+            beam_size = self.decode.beam_size
+        if n_best is None:
+            return beam_size, alpha, min(self.decode.n_best, beam_size)
+        if n_best > beam_size:
+            raise UserError(f"--n-best {n_best} is larger than the beam size {beam_size}; the "
+                            "n-best list comes from the beam: use a smaller --n-best or a "
+                            "larger --beam-size")
+        return beam_size, alpha, n_best
+
     def translate(
         self,
         texts: Sequence[str],
@@ -143,22 +160,14 @@ class Translator:
         subwords) gives an empty translation with score 0 and is not sent to the model.
         ``on_batch(n)`` is called after each batch of ``n`` sentences (for progress bars).
 
-        Unset arguments come from the run's ``decode`` config. ``n_best`` > 1 gives up to
-        ``n_best`` hypotheses with distinct text: different segmentations of the same
-        string are one hypothesis (with the best score), so the search keeps all
-        ``beam_size`` hypotheses and the first ``n_best`` distinct ones are returned.
+        Unset arguments come from the run's ``decode`` config (see :meth:`settings`).
+        ``n_best`` > 1 gives up to ``n_best`` hypotheses with distinct text: different
+        segmentations of the same string are one hypothesis (with the best score), so
+        the search keeps all ``beam_size`` hypotheses and returns the first ``n_best``
+        distinct ones.
         """
-        beam_given, n_given = beam_size is not None, n_best is not None
-        beam_size = beam_size if beam_given else self.decode.beam_size
-        n_best = n_best if n_given else self.decode.n_best
-        alpha = self.decode.length_penalty if length_penalty is None else length_penalty
+        beam_size, alpha, n_best = self.settings(beam_size, length_penalty, n_best)
         batch_size = batch_size or self.decode.batch_size
-        if n_best > beam_size:
-            raise UserError(
-                f"n-best {n_best} ({'--n-best' if n_given else 'decode.n_best'}) is larger than "
-                f"the beam size {beam_size} ({'--beam-size' if beam_given else 'decode.beam_size'})"
-                "; the n-best list comes from the beam, so n-best must be <= beam size"
-            )
         results: list[Translation | None] = [None] * len(texts)
         all_ids = self.encode_sources(texts)
         todo = [i for i, source in enumerate(all_ids) if len(source) > 1]  # more than EOS
