@@ -84,7 +84,8 @@ class Translator:
         except (ValueError, OSError, zipfile.BadZipFile) as exc:
             # not a Keras file, a truncated one, or the weights of another model
             first = next((line for line in str(exc).splitlines() if line.strip()), "")
-            reason = f" ({type(exc).__name__}: {first.strip()[:160]})" if first else ""
+            first = first.strip().split(". ", 1)[0].rstrip(".")[:160]  # its first sentence
+            reason = f" ({type(exc).__name__}: {first})" if first else ""
             raise UserError(
                 f"{weights}: cannot load these weights into the model of {run_dir}{reason}; "
                 "give a .weights.h5 or .keras file saved by this run (e.g. "
