@@ -58,6 +58,19 @@ def _case(tmp, name):
         return ["trian", good], "invalid choice: 'trian'"
     if name == "evaluate_src_without_ref":
         return ["evaluate", tmp, "--src", good], "--src and --ref go together"
+    if name == "nan_flag":
+        return ["translate", tmp, "hi", "--length-penalty", "nan"], "argument --length-penalty: 'nan' is not a finite"
+    if name == "inf_flag":
+        return ["evaluate", tmp, "--length-penalty", "inf"], "argument --length-penalty: 'inf' is not a finite"
+    if name == "nan_config_value":
+        return ["prepare", good, "--set", "train.label_smoothing=nan"], "train.label_smoothing=nan is not a finite"
+    if name == "inf_yaml_value":
+        cfg["decode"]["max_ratio"] = float("inf")
+        return ["prepare", write_config(tmp / "c.yaml", cfg)], "decode.max_ratio=inf is not a finite"
+    if name == "empty_run_dir":
+        return ["prepare", good, "--set", "run_dir="], "run_dir='' is not valid"
+    if name == "vocab_too_small":  # SentencePiece's RuntimeError at prepare
+        return ["prepare", good, "--set", "tokenizer.vocab_size=10"], "tokenizer.vocab_size=10 is too small"
     if name == "input_file_missing":
         return ["translate", tmp, "--input", tmp / "absent.txt"], "absent.txt: cannot read"
     raise AssertionError(name)
@@ -66,11 +79,13 @@ def _case(tmp, name):
 CASES = ["unknown_key", "wrong_type", "out_of_range", "bad_override", "missing_config",
          "invalid_yaml", "mismatched_lines", "invalid_utf8", "missing_corpus", "empty_corpus",
          "missing_data_root", "not_a_run_dir", "bad_flag_value", "unknown_subcommand",
-         "evaluate_src_without_ref", "input_file_missing"]
+         "evaluate_src_without_ref", "input_file_missing", "nan_flag", "inf_flag",
+         "nan_config_value", "inf_yaml_value", "empty_run_dir", "vocab_too_small"]
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_bad_input_gives_one_line_and_exit_2(name, toy_root, run_cli, monkeypatch):
+    monkeypatch.chdir(toy_root)  # a command that wrongly succeeds writes nothing in the repo
     argv, fragment = _case(toy_root, name)
     if "--data-root" not in [str(a) for a in argv] and argv[0] in ("prepare", "train"):
         argv += ["--data-root", toy_root / "data"]

@@ -49,6 +49,14 @@ def test_int_is_accepted_for_float_but_not_bool_for_int():
         (BASE, ["train.epochz=3"], r"unknown key train\.epochz"),
         (BASE, ["train.epochs=three"], r"train\.epochs='three' has the wrong type"),
         ({**BASE, "model": [1, 2]}, [], r"model must be a mapping"),
+        # NaN passes every range comparison and Inf every lower bound
+        ({**BASE, "decode": {"length_penalty": float("nan")}}, [], r"decode\.length_penalty=nan is not a finite number"),
+        ({**BASE, "decode": {"max_ratio": float("inf")}}, [], r"decode\.max_ratio=inf is not a finite number"),
+        (BASE, ["train.learning_rate=nan"], r"train\.learning_rate=nan is not a finite number"),
+        (BASE, ["train.clip_norm=.inf"], r"train\.clip_norm=inf is not a finite number"),
+        (BASE, ["model.dropout=-.inf"], r"model\.dropout=-inf is not a finite number"),
+        (BASE, ["run_dir="], r"run_dir='' is not valid: expected a directory"),
+        ({**BASE, "run_dir": " "}, [], r"run_dir=' ' is not valid"),
     ],
 )
 def test_bad_configs_name_the_key(raw, overrides, pattern):

@@ -8,6 +8,7 @@ from translator.corpus import (
     Pairs,
     clean,
     load_corpus,
+    normalize,
     read_aligned,
     read_tsv,
     resolve_data_root,
@@ -65,6 +66,22 @@ def test_clean_counts_every_rule():
     assert kept.src == ["a b", "x y"]
     assert dict(dropped) == {"empty": 1, "too_long": 1, "ratio": 1, "duplicate": 1}
     assert len(kept) + sum(dropped.values()) == len(pairs)
+
+
+def test_lines_of_only_invisible_characters_are_empty(tmp_path):
+    # zero-width space, word joiner, BOM, direction marks: nothing a reader can see
+    (tmp_path / "a.de").write_text("Ein Hund.\n\u200b\n \u2060\ufeff \nZwei\u200b\n"
+                                   "\u200eKatzen\n", encoding="utf-8")
+    (tmp_path / "a.en").write_text("A dog.\nA cat.\nTwo.\n\u200b\u200b\nCats\n",
+                                   encoding="utf-8")
+    pairs = read_aligned(tmp_path / "a.de", tmp_path / "a.en")
+    assert pairs.src == ["Ein Hund.", "", "", "Zwei", "Katzen"]
+    assert pairs.tgt == ["A dog.", "A cat.", "Two.", "", "Cats"]
+    kept, dropped = clean(pairs, DataConfig(train="x"))
+    assert kept.src == ["Ein Hund.", "Katzen"] and dropped["empty"] == 3
+    # inside a word ZWNJ / ZWJ stay: they change how the word is written
+    assert normalize("\u200bمی\u200cخواهم\u200b") == "می\u200cخواهم"
+    assert normalize("क्\u200dष") == "क्\u200dष"
 
 
 def test_split_has_no_source_leakage_and_is_deterministic():

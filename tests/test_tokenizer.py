@@ -55,3 +55,11 @@ def test_wrong_special_ids_are_rejected(pairs, tmp_path):
         Tokenizer(buf.getvalue(), name="default.model")
     with pytest.raises(TokenizerError, match="no tokenizer"):
         Tokenizers.load(tmp_path)
+
+
+def test_vocabulary_too_small_names_the_key(pairs):
+    with pytest.raises(TokenizerError, match=r"tokenizer\.vocab_size=10 is too small: this "
+                       r"corpus needs at least \d+ pieces"):
+        train_tokenizers(*pairs, TokenizerConfig(vocab_size=10))
+    with pytest.raises(TokenizerError, match=r"tokenizer\.tgt_vocab_size=9 is too small"):
+        train_tokenizers(*pairs, TokenizerConfig(joint=False, vocab_size=80, tgt_vocab_size=9))

@@ -54,10 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", "-i", metavar="FILE")
     p.add_argument("--output", "-o", metavar="FILE")
     _decode_flags(p)
-    p.add_argument("--n-best", type=int, default=1, metavar="N",
-                   help="N hypotheses per line, tab-separated, best first")
+    p.add_argument("--n-best", type=int, metavar="N",
+                   help="up to N distinct hypotheses per line, tab-separated, best first "
+                        "(default: the run's decode.n_best)")
     p.add_argument("--attention-plot", metavar="PNG",
                    help="heatmap of the first sentence's attention")
+    _decode_set(p)
 
     p = sub.add_parser("evaluate", help="translate a test split and score it (JSON)")
     p.add_argument("run_dir")
@@ -67,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", metavar="HYP",
                    help="where to write hypotheses (default RUN_DIR/eval/<split>.hyp)")
     _decode_flags(p)
+    _decode_set(p)
 
     p = sub.add_parser("average", help="average the weights of the last epoch checkpoints")
     p.add_argument("run_dir")
@@ -84,12 +87,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _decode_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="decode.KEY=VALUE",
+                   help="override a decode setting of the run's config.yaml (repeatable)")
+
+
+def _finite_float(text: str) -> float:
+    """``type=`` for float flags: ``float()`` alone accepts ``nan`` and ``inf``."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
 def _decode_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", metavar="FILE", help=(
         "weights to load (default: checkpoints/best.weights.h5; a bare name is looked up "
         "in the run's checkpoints/, e.g. averaged.weights.h5)"))
     p.add_argument("--beam-size", type=int, metavar="K", help="1 = greedy (default: config)")
-    p.add_argument("--length-penalty", type=float, metavar="A", help="GNMT alpha")
+    p.add_argument("--length-penalty", type=_finite_float, metavar="A", help="GNMT alpha")
     p.add_argument("--batch-size", type=int, metavar="B", help="sentences per batch")
 
 
@@ -145,6 +167,18 @@ def _check_decode_flags(args) -> None:
             raise UserError(f"{flag} must be >= {low}, got {value}")
     if args.length_penalty is not None and args.length_penalty < 0:
         raise UserError(f"--length-penalty must be >= 0, got {args.length_penalty}")
+
+
+def _warn_too_long(results, max_len: int | None, what: str = "inputs") -> int:
+    """One warning line for the sources longer than the model was trained on."""
+    count = sum(r.source_too_long for r in results)
+    if count:
+        is_, its, it = ("is", "its translation", "it") if count == 1 else (
+            "are", "their translations", "them")
+        print(f"translator: warning: {count} of {len(results)} {what} {is_} longer than "
+              f"train.max_len={max_len} subwords, the longest the model was trained on; "
+              f"{its} may be cut short: split {it} into sentences", file=sys.stderr)
+    return count
 
 
 def _progress(total: int, enabled: bool):
@@ -238,14 +272,16 @@ def cmd_translate(args) -> int:
         texts = _read_text_lines(args.input)
     from translator.translator import Translator
 
-    t = Translator.load(args.run_dir, args.weights)
+    t = Translator.load(args.run_dir, args.weights, args.overrides)
     show = args.input is not None and sys.stderr.isatty()
     bar, advance = _progress(len(texts), show)
     with bar:
         results = t.translate(texts, beam_size=args.beam_size, length_penalty=args.length_penalty,
                               n_best=args.n_best, batch_size=args.batch_size,
                               return_attention=bool(args.attention_plot), on_batch=advance)
-    lines = ["\t".join(h.text for h in r.n_best) if args.n_best > 1 and r.n_best else r.text
+    _warn_too_long(results, t.max_len)
+    _, _, n_best = t.settings(args.beam_size, args.length_penalty, args.n_best)
+    lines = ["\t".join(h.text for h in r.n_best) if n_best > 1 and r.n_best else r.text
              for r in results]
     _write_lines(args.output, lines)
     if args.attention_plot:
@@ -280,13 +316,12 @@ def cmd_evaluate(args) -> int:
     from translator.metrics import score_all
     from translator.translator import BEST_WEIGHTS, Translator
 
-    t = Translator.load(run_dir, args.weights)
-    beam = args.beam_size or t.decode.beam_size
-    alpha = t.decode.length_penalty if args.length_penalty is None else args.length_penalty
+    t = Translator.load(run_dir, args.weights, args.overrides)
+    beam, alpha, n_best = t.settings(args.beam_size, args.length_penalty)
     bar, advance = _progress(len(src), sys.stderr.isatty())
     started = time.perf_counter()
     with bar:
-        results = t.translate(src, beam_size=beam, length_penalty=alpha,
+        results = t.translate(src, beam_size=beam, length_penalty=alpha, n_best=n_best,
                               batch_size=args.batch_size, on_batch=advance)
     seconds = time.perf_counter() - started
     hyps = [r.text for r in results]
@@ -295,10 +330,19 @@ def cmd_evaluate(args) -> int:
     from translator.config import load_config
     from translator.prepare import RunPaths
 
+    too_long = _warn_too_long(results, t.max_len, "sentences")
+    # on the best hypothesis, tokenized for the target language
     scores = score_all(hyps, ref, load_config(RunPaths(run_dir).config).data.tgt_lang)
     scores.update({"split": name, "weights": args.weights or BEST_WEIGHTS,
                    "beam_size": beam, "length_penalty": alpha,
-                   "translate_seconds": round(seconds, 1), "hypotheses": str(out)})
+                   "translate_seconds": round(seconds, 1), "hypotheses": str(out),
+                   "sources_over_max_len": too_long})
+    if n_best > 1:  # the run's decode.n_best (or --set decode.n_best=N), at most the beam
+        nbest = out.with_suffix(".nbest")
+        if nbest == out:
+            nbest = out.with_name(out.name + ".nbest")
+        _write_lines(str(nbest), ["\t".join(h.text for h in r.n_best) for r in results])
+        scores.update({"n_best": n_best, "nbest": str(nbest)})
     print(json.dumps(scores))
     return 0
 

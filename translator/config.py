@@ -8,6 +8,7 @@ message naming the full key path. This module imports no TensorFlow.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -196,8 +197,10 @@ class DecodeConfig:
                 f"decode.n_best={self.n_best} is larger than decode.beam_size={self.beam_size}; "
                 "n_best must be <= beam_size"
             )
-        _range("decode.max_ratio", self.max_ratio, 0.0, None)
-        _range("decode.max_extra", self.max_extra, 0, None)
+        # bounded so that the int32 length limit cannot overflow (an overflowed limit
+        # broke the search graph with a TensorListStack error)
+        _range("decode.max_ratio", self.max_ratio, 0.0, 100.0)
+        _range("decode.max_extra", self.max_extra, 0, 10_000)
         _range("decode.batch_size", self.batch_size, 1, None)
 
 
@@ -239,6 +242,7 @@ def _range(
     high: float | None,
     open_low: bool = False,
 ) -> None:
+    _finite(key, value)
     too_low = low is not None and (value <= low if open_low else value < low)
     too_high = high is not None and value > high
     if too_low or too_high:
@@ -246,6 +250,12 @@ def _range(
         hi = "inf" if high is None else repr(high)
         bracket = "(" if open_low else "["
         raise ConfigError(f"{key}={value!r} is out of range; allowed: {bracket}{lo}, {hi}]")
+
+
+def _finite(key: str, value: Any) -> None:
+    """NaN passes every comparison and Inf every lower bound: reject both by name."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r} is not a finite number; give a number like 0.5")
 
 
 def _type_name(tp: Any) -> str:
@@ -283,13 +293,17 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads "1e-3" (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # PyYAML reads "1e-3" (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            _finite(key, number)  # YAML .nan / .inf, or "nan" / "inf" from --set
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -360,6 +374,9 @@ def config_from_dict(raw: Any, overrides: list[str] | tuple[str, ...] = ()) -> C
     if "data" not in merged:
         raise ConfigError("data.train is missing; the config needs a data section with train")
     run_dir = _coerce("run_dir", merged.get("run_dir", DEFAULT_RUN_DIR), str)
+    _require(bool(run_dir.strip()), "run_dir", run_dir,
+             f"a directory for the run's files (empty would write into the current directory; "
+             f"the default is {DEFAULT_RUN_DIR})")
     sections = {name: _build_section(name, cls, merged.get(name)) for name, cls in SECTIONS.items()}
     return Config(run_dir=run_dir, **sections)
 
@@ -384,6 +401,25 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         return config_from_dict(raw, overrides)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def with_decode_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """A trained run's config with ``--set decode.key=value`` applied and validated.
+
+    Only ``decode.*`` can change after training (the model, tokenizer and data are
+    fixed by the run), so any other key is refused, named.
+    """
+    for text in overrides:
+        parts, _ = _parse_override(text)
+        if len(parts) != 2 or parts[0] != "decode":
+            valid = ", ".join(f.name for f in dataclasses.fields(DecodeConfig))
+            raise ConfigError(
+                f"--set {text!r}: {'.'.join(parts)} is fixed by the trained run; translate "
+                f"and evaluate take only decode.KEY=VALUE (keys: {valid})"
+            )
+    if not overrides:
+        return cfg
+    return config_from_dict(config_to_dict(cfg), overrides)
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

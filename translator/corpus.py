@@ -22,6 +22,8 @@ from translator.fileio import write_lines_atomic
 DATA_ROOT_ENV = "TRANSLATOR_DATA_ROOT"
 DEFAULT_DATA_ROOT = "./data"
 _SPACES = re.compile(r"\s+")
+_INVISIBLE = "\u200b-\u200f\u2060\ufeff"
+_EDGES = re.compile(f"^[\\s{_INVISIBLE}]+|[\\s{_INVISIBLE}]+$")
 
 # Scripts written without spaces between words. A Han character is about a word (Chinese
 # words average 1.5 characters); kana, Thai, Lao, Tibetan, Myanmar and Khmer words are
@@ -80,8 +82,13 @@ def resolve_data_root(cli_value: str | None = None) -> Path:
 
 
 def normalize(line: str) -> str:
-    """Strip a BOM, line ends and surrounding whitespace; fold internal runs of spaces."""
-    return _SPACES.sub(" ", line.replace("\ufeff", "")).strip()
+    """Strip a BOM, line ends and surrounding whitespace; fold internal runs of spaces.
+
+    Invisible format characters (zero-width space, ZWNJ/ZWJ, direction marks, word
+    joiner) are stripped at the ends too, so a line of only those is empty; inside a
+    line they stay (ZWJ/ZWNJ shape words in e.g. Persian and Hindi).
+    """
+    return _EDGES.sub("", _SPACES.sub(" ", line.replace("\ufeff", "")))
 
 
 def length_units(sentence: str) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,12 +114,14 @@ class Tokenizers:
 
 
 def train_sentencepiece(
-    sentences: Sequence[str], vocab_size: int, cfg: TokenizerConfig
+    sentences: Sequence[str], vocab_size: int, cfg: TokenizerConfig,
+    key: str = "tokenizer.vocab_size",
 ) -> Tokenizer:
     """Train one SentencePiece model in memory on (a seeded sample of) ``sentences``.
 
-    ``vocab_size`` is a soft limit: on a corpus too small for it, SentencePiece
-    makes the largest vocabulary it can instead of failing.
+    ``vocab_size`` (the config key ``key``) is a soft limit: on a corpus too small for
+    it, SentencePiece makes the largest vocabulary it can instead of failing. A
+    vocabulary too small for the corpus's characters raises :class:`TokenizerError`.
     """
     sentences = [s for s in sentences if s]
     if len(sentences) > cfg.max_sentences:
@@ -126,6 +129,30 @@ def train_sentencepiece(
     if not sentences:
         raise TokenizerError("no sentences to train the tokenizer on")
     model = io.BytesIO()
+    try:
+        _train(sentences, model, vocab_size, cfg)
+    except RuntimeError as exc:
+        raise _training_error(exc, key, vocab_size, cfg) from None
+    return Tokenizer(model.getvalue())
+
+
+def _training_error(exc: RuntimeError, key: str, vocab_size: int,
+                    cfg: TokenizerConfig) -> TokenizerError:
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    message = re.sub(r"^\w+: \S+\(\d+\) \[.*?\] ", "", message)  # SentencePiece's source line
+    need = re.search(r"Vocabulary size is smaller than required_chars\. \d+ vs (\d+)", message)
+    if need:
+        return TokenizerError(
+            f"{key}={vocab_size} is too small: this corpus needs at least {need.group(1)} "
+            "pieces (its characters plus the 4 special ids); raise it "
+            f"or lower tokenizer.character_coverage={cfg.character_coverage}"
+        )
+    return TokenizerError(f"SentencePiece could not train a tokenizer with {key}={vocab_size}: "
+                          f"{message}")
+
+
+def _train(sentences: Sequence[str], model: io.BytesIO, vocab_size: int,
+           cfg: TokenizerConfig) -> None:
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences),
         model_writer=model,
@@ -140,7 +167,6 @@ def train_sentencepiece(
         num_threads=2,
         minloglevel=2,
     )
-    return Tokenizer(model.getvalue())
 
 
 def train_tokenizers(src: Sequence[str], tgt: Sequence[str], cfg: TokenizerConfig) -> Tokenizers:
@@ -148,6 +174,12 @@ def train_tokenizers(src: Sequence[str], tgt: Sequence[str], cfg: TokenizerConfi
         tok = train_sentencepiece([*src, *tgt], cfg.vocab_size, cfg)
         return Tokenizers(tok, tok)
     return Tokenizers(
-        train_sentencepiece(src, cfg.src_vocab_size or cfg.vocab_size, cfg),
-        train_sentencepiece(tgt, cfg.tgt_vocab_size or cfg.vocab_size, cfg),
+        train_sentencepiece(src, cfg.src_vocab_size or cfg.vocab_size, cfg,
+                            _size_key("src", cfg.src_vocab_size)),
+        train_sentencepiece(tgt, cfg.tgt_vocab_size or cfg.vocab_size, cfg,
+                            _size_key("tgt", cfg.tgt_vocab_size)),
     )
+
+
+def _size_key(side: str, value: int | None) -> str:
+    return f"tokenizer.{side}_vocab_size" if value is not None else "tokenizer.vocab_size"

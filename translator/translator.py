@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from translator.config import Config, DecodeConfig, load_config
+from translator.config import Config, DecodeConfig, load_config, with_decode_overrides
+from translator.corpus import normalize
 from translator.decoding import beam_search, greedy_search, max_lengths
 from translator.errors import UserError
 from translator.model import Seq2Seq, build_model
@@ -34,32 +36,39 @@ class Hypothesis:
 @dataclass
 class Translation:
     """One translated sentence: best ``text`` and ``score``; ``n_best`` hypotheses
-    (best first); ``attention`` ``(target_pieces + EOS, source_pieces + EOS)`` when asked."""
+    (best first); ``attention`` ``(target_pieces + EOS, source_pieces + EOS)`` when asked;
+    ``source_too_long`` when the source has more subwords than ``train.max_len``, the
+    longest the model saw in training (its translation may be cut short)."""
 
     text: str
     score: float
     n_best: list[Hypothesis] = field(default_factory=list)
     source_pieces: list[str] = field(default_factory=list)
     attention: np.ndarray | None = None
+    source_too_long: bool = False  # more subwords than the model was trained on (max_len)
 
 
 class Translator:
     """Translate raw sentences with a trained :class:`Seq2Seq`."""
 
-    def __init__(self, model: Seq2Seq, tokenizers: Tokenizers, decode: DecodeConfig | None = None):
+    def __init__(self, model: Seq2Seq, tokenizers: Tokenizers, decode: DecodeConfig | None = None,
+                 max_len: int | None = None):
         self.model = model
         self.tokenizers = tokenizers
         self.decode = decode or DecodeConfig()
+        self.max_len = max_len  # train.max_len: longest source (subwords) seen in training
         self._searches: dict[tuple, Callable] = {}
 
     @classmethod
-    def load(cls, run_dir: str | Path, weights: str | Path | None = None) -> Translator:
+    def load(cls, run_dir: str | Path, weights: str | Path | None = None,
+             overrides: Sequence[str] = ()) -> Translator:
         """Load from a run dir: ``config.yaml``, tokenizer and the best weights (or
-        ``weights``: a path, or a file name in the run's ``checkpoints/``)."""
+        ``weights``: a path, or a file name in the run's ``checkpoints/``).
+        ``overrides`` (``"decode.key=value"``) change the run's decode settings."""
         paths = RunPaths(Path(run_dir))
         if not paths.config.is_file():
             raise UserError(f"{run_dir}: not a run dir (no config.yaml); train one first")
-        cfg: Config = load_config(paths.config)
+        cfg: Config = with_decode_overrides(load_config(paths.config), tuple(overrides))
         tokenizers = Tokenizers.load(paths.root)
         model = build_model(cfg.model, tokenizers.src.vocab_size, tokenizers.tgt.vocab_size)
         if not weights:
@@ -70,8 +79,19 @@ class Translator:
             if not (paths.checkpoints / weights).is_file():
                 raise UserError(f"{weights}: no such weights file (nor in {paths.checkpoints})")
             weights = paths.checkpoints / weights  # a name inside the run's checkpoints/
-        model.load_weights(weights)
-        return cls(model, tokenizers, cfg.decode)
+        try:
+            model.load_weights(weights)
+        except (ValueError, OSError, zipfile.BadZipFile) as exc:
+            # not a Keras file, a truncated one, or the weights of another model
+            first = next((line for line in str(exc).splitlines() if line.strip()), "")
+            first = first.strip().split(". ", 1)[0].rstrip(".")[:160]  # its first sentence
+            reason = f" ({type(exc).__name__}: {first})" if first else ""
+            raise UserError(
+                f"{weights}: cannot load these weights into the model of {run_dir}{reason}; "
+                "give a .weights.h5 or .keras file saved by this run (e.g. "
+                f"{BEST_WEIGHTS} or averaged.weights.h5)"
+            ) from None
+        return cls(model, tokenizers, cfg.decode, cfg.train.max_len)
 
     # ------------------------------------------------------------------ compiled searches
 
@@ -101,39 +121,64 @@ class Translator:
         return self._searches[key]
 
     def encode_sources(self, texts: Sequence[str]) -> list[list[int]]:
-        return [ids + [EOS_ID] for ids in self.tokenizers.src.encode(texts)]
+        """Source ids + EOS, after the cleaning's :func:`~translator.corpus.normalize`
+        (what the model was trained on); a text with nothing to translate is ``[EOS]``."""
+        return [ids + [EOS_ID] for ids in self.tokenizers.src.encode([normalize(t) for t in texts])]
 
     # ------------------------------------------------------------------ public API
+
+    def settings(self, beam_size: int | None = None, length_penalty: float | None = None,
+                 n_best: int | None = None) -> tuple[int, float, int]:
+        """The ``(beam_size, length_penalty, n_best)`` a search uses: the given values,
+        else the run's ``decode`` config. The config's ``n_best`` is capped at a given
+        ``beam_size`` (greedy search has one hypothesis); a given ``n_best`` larger
+        than the beam is an error."""
+        alpha = self.decode.length_penalty if length_penalty is None else length_penalty
+        if beam_size is None:
+            beam_size = self.decode.beam_size
+        if n_best is None:
+            return beam_size, alpha, min(self.decode.n_best, beam_size)
+        if n_best > beam_size:
+            raise UserError(f"--n-best {n_best} is larger than the beam size {beam_size}; the "
+                            "n-best list comes from the beam: use a smaller --n-best or a "
+                            "larger --beam-size")
+        return beam_size, alpha, n_best
 
     def translate(
         self,
         texts: Sequence[str],
         beam_size: int | None = None,
         length_penalty: float | None = None,
-        n_best: int = 1,
+        n_best: int | None = None,
         batch_size: int | None = None,
         return_attention: bool = False,
         on_batch: Callable[[int], None] | None = None,
     ) -> list[Translation]:
         """Translate ``texts``; one :class:`Translation` per input, in input order.
 
-        Sentences are sorted by length into batches and put back in order; an empty
-        (or all-whitespace) input gives an empty translation. ``on_batch(n)`` is called
-        after each batch of ``n`` sentences (for progress bars).
+        Sentences are sorted by length into batches and put back in order. An input
+        with nothing to translate (empty, whitespace or zero-width characters only: no
+        subwords) gives an empty translation with score 0 and is not sent to the model.
+        ``on_batch(n)`` is called after each batch of ``n`` sentences (for progress bars).
+
+        Unset arguments come from the run's ``decode`` config (see :meth:`settings`).
+        ``n_best`` > 1 gives up to ``n_best`` hypotheses with distinct text: different
+        segmentations of the same string are one hypothesis (with the best score), so
+        the search keeps all ``beam_size`` hypotheses and returns the first ``n_best``
+        distinct ones.
         """
-        beam_size = self.decode.beam_size if beam_size is None else beam_size
-        alpha = self.decode.length_penalty if length_penalty is None else length_penalty
+        beam_size, alpha, n_best = self.settings(beam_size, length_penalty, n_best)
         batch_size = batch_size or self.decode.batch_size
-        if n_best > beam_size:
-            raise UserError(f"--n-best {n_best} is larger than --beam-size {beam_size}")
         results: list[Translation | None] = [None] * len(texts)
-        todo = [i for i, t in enumerate(texts) if t.strip()]
-        for i, t in enumerate(texts):
-            if not t.strip():
+        all_ids = self.encode_sources(texts)
+        todo = [i for i, source in enumerate(all_ids) if len(source) > 1]  # more than EOS
+        for i, source in enumerate(all_ids):
+            if len(source) == 1:  # empty in, empty out
                 results[i] = Translation(text="", score=0.0)
-        ids = self.encode_sources([texts[i] for i in todo])
+        ids = [all_ids[i] for i in todo]
         order = sorted(range(len(todo)), key=lambda j: len(ids[j]))
-        search = self._search(beam_size, alpha, n_best, return_attention)
+        searched = beam_size if n_best > 1 else 1  # all beams, to fill n_best after dedup
+        search = self._search(beam_size, alpha, searched, return_attention)
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             width = max(len(ids[j]) for j in chunk)
@@ -142,18 +187,29 @@ class Translator:
                 batch[row, : len(ids[j])] = ids[j]
             out = {k: v.numpy() for k, v in search(tf.constant(batch)).items()}
             for row, j in enumerate(chunk):
-                results[todo[j]] = self._make(out, row, ids[j], n_best, return_attention)
+                result = self._make(out, row, ids[j], n_best, return_attention)
+                result.source_too_long = self.max_len is not None and len(ids[j]) - 1 > self.max_len
+                results[todo[j]] = result
             if on_batch is not None:
                 on_batch(len(chunk))
         return results  # type: ignore[return-value]
 
     def _make(self, out, row, src_ids, n_best, return_attention) -> Translation:
+        """The :class:`Translation` of ``row`` of a search's output: its searched
+        hypotheses (best first) deduplicated by text, the first ``n_best`` kept."""
         tgt = self.tokenizers.tgt
-        hyps = []
-        for n in range(n_best):
+        hyps: list[Hypothesis] = []
+        seen: set[str] = set()
+        for n in range(out["tokens"].shape[1]):
             toks = out["tokens"][row, n, : out["lengths"][row, n]].tolist()
-            hyps.append(Hypothesis(tgt.decode(toks), float(out["scores"][row, n]),
+            text = tgt.decode(toks)
+            if text in seen:  # the same string from another segmentation, scored lower
+                continue
+            seen.add(text)
+            hyps.append(Hypothesis(text, float(out["scores"][row, n]),
                                    [tgt.id_to_piece(t) for t in toks]))
+            if len(hyps) == n_best:
+                break
         best = hyps[0]
         result = Translation(text=best.text, score=best.score, n_best=hyps)
         if return_attention:
