@@ -23,7 +23,19 @@ log = logging.getLogger("translator")
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, like every other bad input
-        raise UserError(f"{self.prog}: {message}")
+        command = self.prog.removeprefix("translator").strip()  # main adds "translator: "
+        raise UserError(f"{command}: {message}" if command else message)
+
+
+def _output_flags(p: argparse.ArgumentParser, top: bool) -> None:
+    """-q / --verbose, before or after the command (a subcommand's copy only sets them
+    when given, so it never undoes the top-level one)."""
+    default = {} if top else {"default": argparse.SUPPRESS}
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings on stderr",
+                   **({"default": False} if top else default))
+    p.add_argument("-v", "--verbose", action="store_true", **({"default": False} if top else default),
+                   help="also the resolved config, debug messages and TensorFlow's start-up "
+                        "log (or set TRANSLATOR_VERBOSE=1)")
 
 
 def _common(p: argparse.ArgumentParser, config: bool = True) -> None:
@@ -39,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="translator", description=(
         "Neural machine translation: SentencePiece + BiLSTM encoder + attention decoder."))
     parser.add_argument("--version", action="version", version=f"translator {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings on stderr")
+    _output_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("prepare", help="clean/split the corpus and train the tokenizer")
@@ -47,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model (prepares the run dir if needed; resumes)")
     _common(p)
+    p.add_argument("--json", action="store_true",
+                   help="print each epoch's record as JSON on stdout (the default when stdout "
+                        "is not a terminal)")
 
     p = sub.add_parser("translate", help="translate sentences with a trained run dir")
     p.add_argument("run_dir")
@@ -84,7 +99,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="spa-eng or multi30k")
     p.add_argument("--dest", metavar="DIR", help="default: the data root")
     _common(p, config=False)
+    for p in sub.choices.values():
+        _output_flags(p, top=False)
+    parser.commands = dict(sub.choices)
     return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; a command's options and positional text may come in any order
+    (``translate RUN --beam-size 5 "Hallo"``), which argparse's subparsers refuse."""
+    parser = build_parser()
+    commands = parser.commands
+    first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if first is None or argv[first] not in commands or {"-h", "--help", "--version"} & set(argv[:first]):
+        return parser.parse_args(argv)  # help, version, or the error for a missing command
+    args = argparse.Namespace(command=argv[first])
+    options = _Parser(prog="translator", add_help=False)
+    _output_flags(options, top=True)
+    options.parse_args(argv[:first], namespace=args)
+    commands[argv[first]].parse_intermixed_args(argv[first + 1:], namespace=args)
+    return args
 
 
 def _decode_set(p: argparse.ArgumentParser) -> None:
@@ -206,7 +240,7 @@ def cmd_prepare(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     root = resolve_data_root(args.data_root)
-    log.info("config:\n%s", _dump(cfg))
+    log.debug("config:\n%s", _dump(cfg))
     started = time.perf_counter()
     with _status(sys.stderr.isatty()) as step:
         stats = prepare(cfg, root, step)
@@ -246,19 +280,112 @@ def _stats_table(stats: dict, run_dir: str) -> str:
     return "\n".join([f"prepared {run_dir}", *lines])
 
 
+class _EpochBar:
+    """A progress bar per epoch on stderr (rich), gone when the epoch's line is printed."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.bar = None
+
+    def epoch_begin(self, epoch: int, epochs: int, steps: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(),
+                            TimeRemainingColumn(), console=self.console, transient=True)
+        self.bar.start()
+        self.task = self.bar.add_task(f"epoch {epoch}/{epochs}", total=steps, loss="-")
+        self.epoch = f"epoch {epoch}/{epochs}"
+
+    def batch_end(self, logs: dict) -> None:
+        loss = logs.get("loss")
+        self.bar.update(self.task, advance=1, loss=f"{loss:.3f}" if loss is not None else "-")
+
+    def dev_begin(self) -> None:
+        self.bar.update(self.task, description=f"{self.epoch}: dev")
+
+    def epoch_end(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def _epoch_line(record: dict, epochs: int) -> str:
+    """One readable line per epoch, rounded for people."""
+    def num(key: str, fmt: str) -> str:
+        value = record.get(key)
+        return "-" if value is None else format(value, fmt)
+
+    return (f"epoch {record['epoch']}/{epochs}  loss {num('loss', '.3f')}  "
+            f"dev loss {num('dev_loss', '.3f')}  dev BLEU {num('dev_bleu', '.2f')}  "
+            f"(best {num('best_dev_bleu', '.2f')})  {num('tgt_tokens_per_sec', ',.0f')} tok/s  "
+            f"{num('seconds', '.0f')} s")
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s"
+
+
+def _train_summary(summary: dict) -> str:
+    """What a person wants to know when training ends, and what to run next."""
+    import shlex
+
+    from translator.prepare import RunPaths, read_prepared_split
+    from translator.translator import BEST_WEIGHTS
+
+    run = summary["run_dir"]
+    paths = RunPaths(Path(run))
+    lines = []
+    if summary.get("best_epoch"):
+        bleu = summary.get("best_bleu")
+        lines.append(f"best dev BLEU {bleu} at epoch {summary['best_epoch']} (greedy) "
+                     if bleu is not None and bleu >= 0 else
+                     f"last epoch {summary['best_epoch']} (no dev set) ")
+        lines[-1] += (f"of {summary.get('epoch')} trained; training took "
+                      f"{_duration(summary.get('train_wall_seconds', 0.0))}")
+    lines.append(f"weights: {paths.checkpoints / BEST_WEIGHTS}")
+    dev = read_prepared_split(paths, "dev")
+    example = dev.src[0] if dev is not None and len(dev) else "your sentence"
+    lines.append("next:")
+    lines.append(f"  translator translate {shlex.quote(run)} {shlex.quote(example)}")
+    if read_prepared_split(paths, "test") is not None:
+        lines.append(f"  translator evaluate {shlex.quote(run)} --split test")
+    return "\n".join(lines)
+
+
 def cmd_train(args) -> int:
     from translator.config import load_config
     from translator.corpus import resolve_data_root
 
     cfg = load_config(args.config, args.overrides)
     root = resolve_data_root(args.data_root)
-    log.info("config:\n%s", _dump(cfg))
+    log.debug("config:\n%s", _dump(cfg))
     from translator.training import train
 
-    with _status(False) as step:
-        summary = train(cfg, root, report=lambda msg: log.info(msg),
-                        verbose="auto" if sys.stdout.isatty() else 2, step=step)
-    print(json.dumps(summary))
+    terminal = sys.stdout.isatty()
+    as_json = args.json or not terminal
+
+    def on_record(record: dict) -> None:
+        if as_json:
+            print(json.dumps(record), flush=True)
+        if terminal:
+            print(_epoch_line(record, cfg.train.epochs), file=sys.stderr, flush=True)
+
+    progress = _EpochBar() if terminal and sys.stderr.isatty() and not args.quiet else None
+    summary = train(cfg, root, report=lambda msg: log.info(msg), on_record=on_record,
+                    progress=progress)
+    print(json.dumps(summary) if as_json else _train_summary(summary))
     return 0
 
 
@@ -370,22 +497,33 @@ COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "translate": cmd_transla
             "evaluate": cmd_evaluate, "average": cmd_average, "download": cmd_download}
 
 
+def _verbose(args) -> bool:
+    return bool(args.verbose) or os.environ.get("TRANSLATOR_VERBOSE", "") not in ("", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from translator.stderr_filter import filtered_stderr
+
     try:
-        args = build_parser().parse_args(argv)
-        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                            stream=sys.stderr, format="%(message)s")
-        return COMMANDS[args.command](args)
+        args = parse_args(sys.argv[1:] if argv is None else list(argv))
     except UserError as exc:
         print(f"translator: error: {exc}", file=sys.stderr)
         return 2
-    except RunError as exc:
-        print(f"translator: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("translator: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 0
-
+    with filtered_stderr(enabled=not _verbose(args)):
+        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                            stream=sys.stderr, format="%(message)s", force=True)
+        log.setLevel(logging.DEBUG if _verbose(args) else logging.NOTSET)
+        try:
+            return COMMANDS[args.command](args)
+        except UserError as exc:
+            print(f"translator: error: {exc}", file=sys.stderr)
+            return 2
+        except RunError as exc:
+            print(f"translator: error: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("translator: interrupted", file=sys.stderr)
+            return 130
+        except BrokenPipeError:
+            return 0

@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import keras
 import numpy as np
@@ -129,12 +129,29 @@ def compile_model(model: Seq2Seq, cfg: TrainConfig, total_steps: int | None = No
 # ----------------------------------------------------------------------------- callback
 
 
+class Progress(Protocol):
+    """What a caller (the CLI) may show while training: a bar per epoch, for instance."""
+
+    def epoch_begin(self, epoch: int, epochs: int, steps: int) -> None: ...
+
+    def batch_end(self, logs: dict[str, Any]) -> None: ...
+
+    def dev_begin(self) -> None: ...
+
+    def epoch_end(self) -> None: ...
+
+
 class EpochEnd(keras.callbacks.Callback):
     """Dev BLEU, checkpoints, early stopping, metrics.jsonl and TensorBoard scalars."""
 
     def __init__(self, paths: RunPaths, cfg: Config, translator: Translator, dev: Pairs | None,
-                 target_tokens: int, state: dict[str, Any], report: Callable[[str], None]):
+                 target_tokens: int, state: dict[str, Any], report: Callable[[str], None],
+                 on_record: Callable[[dict[str, Any]], None], steps: int,
+                 progress: Progress | None = None):
         super().__init__()
+        self.on_record = on_record
+        self.steps = steps
+        self.progress = progress
         self.paths = paths
         self.cfg = cfg
         self.translator = translator
@@ -150,8 +167,12 @@ class EpochEnd(keras.callbacks.Callback):
         self._epoch = epoch
         self._start = time.perf_counter()
         self._train_end = 0.0
+        if self.progress is not None:
+            self.progress.epoch_begin(epoch + 1, self.cfg.train.epochs, self.steps)
 
     def on_train_batch_end(self, batch, logs=None):
+        if self.progress is not None:
+            self.progress.batch_end(logs or {})
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
@@ -162,6 +183,8 @@ class EpochEnd(keras.callbacks.Callback):
     def on_test_begin(self, logs=None):
         if not self._train_end:
             self._train_end = time.perf_counter()
+        if self.progress is not None:
+            self.progress.dev_begin()
 
     def dev_bleu(self) -> float | None:
         if self.dev is None or not len(self.dev):
@@ -172,7 +195,15 @@ class EpochEnd(keras.callbacks.Callback):
         return round(bleu([h.text for h in hyps], self.dev.tgt[:n], tokenize=tokenize), 2)
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = logs if logs is not None else {}
+        try:
+            self._epoch_end(epoch, logs if logs is not None else {})
+        finally:
+            if self.progress is not None:
+                self.progress.epoch_end()
+
+    def _epoch_end(self, epoch, logs):
+        if self.progress is not None:
+            self.progress.dev_begin()
         if self.diverged is None and not _finite_weights(self.model):
             self.diverged = f"the weights hold NaN or Inf after epoch {epoch + 1}"
         if self.diverged is not None:  # nothing of this epoch may reach the run dir
@@ -225,7 +256,9 @@ class EpochEnd(keras.callbacks.Callback):
                 if record[key] is not None:
                     tf.summary.scalar(key, record[key])
             self.writer.flush()
-        self.report(json.dumps(record))
+        if self.progress is not None:
+            self.progress.epoch_end()
+        self.on_record(record)
         if st["bad_epochs"] >= self.cfg.train.patience:
             self.report(f"early stopping: no dev BLEU gain for {st['bad_epochs']} epochs "
                         f"(best {st['best_bleu']} at epoch {st['best_epoch']})")
@@ -323,10 +356,18 @@ def train(
     cfg: Config,
     data_root: Path,
     report: Callable[[str], None] = log.info,
-    verbose: int | str = "auto",
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    progress: Progress | None = None,
     step: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, Any]:
-    """Train ``cfg`` (preparing the run dir first if needed); returns a summary."""
+    """Train ``cfg`` (preparing the run dir first if needed); returns a summary.
+
+    ``report`` gets messages, ``on_record`` each epoch's record (the line written to
+    ``metrics.jsonl``; default: ``report`` it as JSON), ``progress`` the batches.
+    """
+    if on_record is None:
+        def on_record(record: dict[str, Any]) -> None:
+            report(json.dumps(record))
     paths = ensure_prepared(cfg, data_root, step)
     tc = cfg.train
     state: dict[str, Any] = {}
@@ -393,10 +434,11 @@ def train(
                f"(best dev BLEU {state.get('best_bleu')} at epoch {state.get('best_epoch')})")
     else:
         translator = Translator(model, tokenizers, cfg.decode)
-        callback = EpochEnd(paths, cfg, translator, dev, target_tokens, state, report)
+        callback = EpochEnd(paths, cfg, translator, dev, target_tokens, state, report,
+                            on_record, steps_per_epoch, progress)
         # shuffle=False: the tf.data pipeline shuffles itself, seeded
         model.fit(train_ds, validation_data=dev_ds, epochs=tc.epochs, shuffle=False,
-                  initial_epoch=initial_epoch, callbacks=[callback], verbose=verbose)
+                  initial_epoch=initial_epoch, callbacks=[callback], verbose=0)
         if callback.diverged is not None:
             if "last" in state:
                 where = (f"the last good checkpoint is {paths.checkpoints / state['last']} "
@@ -407,4 +449,4 @@ def train(
                            f"that epoch was saved, {where}. If it diverges again, train a new "
                            "run_dir with a lower train.learning_rate or train.clip_norm > 0")
     return {"run_dir": str(paths.root), "parameters": model.count_params(), "seed": seed,
-            **state}
+            "epochs": tc.epochs, **state}
