@@ -13,6 +13,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TRANSLATOR_DATA_ROOT", REPO.parent / "shared" / "data"))
+#: Why a test that reads the real corpora is skipped on a machine without them.
+NO_SHARED_DATA = (f"needs the real corpora in {SHARED_DATA} (../shared/data beside the repo, "
+                  "or set TRANSLATOR_DATA_ROOT)")
 
 # A toy language pair: "source" words map one-to-one to "target" words, order reversed.
 LEXICON = {

@@ -5,11 +5,11 @@ import shutil
 import time
 
 import pytest
-from conftest import REPO, SHARED_DATA
+from conftest import NO_SHARED_DATA, REPO, SHARED_DATA
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not (SHARED_DATA / "multi30k").is_dir(), reason="no ../shared/data"),
+    pytest.mark.skipif(not (SHARED_DATA / "multi30k").is_dir(), reason=NO_SHARED_DATA),
 ]
 
 

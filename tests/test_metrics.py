@@ -1,7 +1,7 @@
 import random
 
 import pytest
-from conftest import SHARED_DATA
+from conftest import NO_SHARED_DATA, SHARED_DATA
 
 from translator.metrics import bleu, nltk_bleu, score_all
 
@@ -35,7 +35,7 @@ def _corrupt(sentences, seed):
     return out
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "multi30k" / "val.en").is_file(), reason="no shared data")
+@pytest.mark.skipif(not (SHARED_DATA / "multi30k" / "val.en").is_file(), reason=NO_SHARED_DATA)
 def test_nltk_and_sacrebleu_agree_on_real_text():
     refs = (SHARED_DATA / "multi30k" / "val.en").read_text(encoding="utf-8").splitlines()
     hyps = _corrupt(refs, seed=0)
