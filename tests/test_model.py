@@ -74,7 +74,7 @@ def test_get_config_from_config_and_keras_file_reproduce_logits(tmp_path):
     np.testing.assert_array_equal(clone(inputs).numpy(), expected)
     path = tmp_path / "m.keras"
     model.save(path)
-    loaded = keras.saving.load_model(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
     np.testing.assert_array_equal(loaded(inputs).numpy(), expected)
 
 

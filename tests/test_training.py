@@ -167,7 +167,7 @@ def test_resume_draws_new_shuffle_and_dropout_streams(tmp_path):
     def dropout_output(seed):
         # as train() does: seed everything, then load the checkpoint
         keras.utils.set_random_seed(seed)
-        model = keras.saving.load_model(run / "checkpoints" / "epoch-1.keras")
+        model = keras.saving.load_model(run / "checkpoints" / "epoch-1.keras", safe_mode=True)
         return keras.ops.convert_to_numpy(model(inputs, training=True))
 
     output = dropout_output(first["seed"])
@@ -177,7 +177,7 @@ def test_resume_draws_new_shuffle_and_dropout_streams(tmp_path):
     def decoder_dropout_output(seed):
         # the decoder alone: the encoder's dropout must not hide a fixed decoder stream
         keras.utils.set_random_seed(seed)
-        model = keras.saving.load_model(run / "checkpoints" / "epoch-1.keras")
+        model = keras.saving.load_model(run / "checkpoints" / "epoch-1.keras", safe_mode=True)
         state = model.encode(inputs["source_ids"], training=False)
         return keras.ops.convert_to_numpy(model.decoder(inputs["target_in"], state,
                                                         training=True))
@@ -262,7 +262,7 @@ def test_a_diverging_epoch_writes_nothing_and_the_run_resumes_from_the_last_good
     metrics = (run / "metrics.jsonl").read_text(encoding="utf-8")
     # Adam's second moments made negative: the first update of epoch 2 takes the square root
     # of a negative number, the weights become NaN and so does the loss of batch 2
-    model = keras.saving.load_model(ckpts / "epoch-1.keras")
+    model = keras.saving.load_model(ckpts / "epoch-1.keras", safe_mode=True)
     for v in model.optimizer._velocities:
         v.assign(-np.ones(v.shape, "float32"))
     model.save(ckpts / "epoch-1.keras")

@@ -522,8 +522,8 @@ def main(argv: list[str] | None = None) -> int:
         except RunError as exc:
             print(f"translator: error: {exc}", file=sys.stderr)
             return 1
-        except KeyboardInterrupt:
-            print("translator: interrupted", file=sys.stderr)
+        except KeyboardInterrupt as exc:  # translator.errors.Interrupted says where a run stands
+            print(f"translator: {str(exc) or 'interrupted'}", file=sys.stderr)
             return 130
         except BrokenPipeError:
             return 0

@@ -1,10 +1,13 @@
-"""Durable file writes: every output goes to a temp file first and is renamed into place."""
+"""Durable file writes: every output goes to a temp file first and is renamed into place.
+
+A write that fails (a full disk, Ctrl-C) removes its temp file and leaves the old file as it
+was."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,24 +17,31 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
-def write_lines_atomic(path: Path, lines: Iterable[str]) -> None:
+def _replace_with(path: Path, write: Callable[[Path], Any]) -> None:
     tmp = _tmp(path)
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        for line in lines:
-            f.write(line + "\n")
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_lines_atomic(path: Path, lines: Iterable[str]) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            for line in lines:
+                f.write(line + "\n")
+
+    _replace_with(path, write)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    tmp = _tmp(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    _replace_with(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = _tmp(path)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    _replace_with(path, lambda tmp: tmp.write_bytes(data))
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -44,6 +44,7 @@ CORPUS_DIR = "corpus"
 CONFIG_FILE = "config.yaml"
 STATS_FILE = "prepare.json"
 STATE_FILE = "state.json"
+LOCK_FILE = "train.lock"
 SPLITS = ("train", "dev", "test")
 STAGING_PREFIX = ".prepare-"
 #: What ``prepare`` writes; ``config.yaml`` (what marks a run dir as prepared) comes last.
@@ -92,6 +93,11 @@ class RunPaths:
                 if number.isdigit():
                     found[int(number)] = path
         return dict(sorted(found.items()))
+
+    @property
+    def lock(self) -> Path:
+        """Held (``flock``) by the ``train`` that is running on this run dir; holds its pid."""
+        return self.root / LOCK_FILE
 
     @property
     def metrics(self) -> Path:

@@ -11,17 +11,31 @@ command loads that checkpoint and continues at epoch N + 1; only the settings in
 Divergence: a non-finite training loss stops training at once, and an epoch whose loss
 or weights are not finite writes nothing (no checkpoint, state, pruning, best weights
 or metrics): re-running resumes from the last good epoch.
+
+Hard knocks: one ``train`` at a time holds ``RUN_DIR/train.lock`` (``flock``, so the lock of
+a killed process is free again and is taken over). A checkpoint is built in memory and
+written to ``.tmp-NAME`` then renamed, so a kill, Ctrl-C or full disk during the write
+leaves the previous file and ``state.json`` as they were (the next ``train`` removes such
+leftovers); a failed write is one line (:class:`CheckpointWriteError`). A resume whose
+newest checkpoint does not load falls back to the previous kept one, with a warning.
+Checkpoints load with ``safe_mode=True``: one that holds Python code is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
+import io
 import json
 import logging
 import math
 import os
+import re
 import time
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,7 +46,7 @@ from keras import ops
 
 from translator.config import Config, TrainConfig, dump_config, load_config
 from translator.corpus import Pairs
-from translator.errors import RunError, UserError
+from translator.errors import Interrupted, RunError, UserError
 from translator.fileio import write_json_atomic, write_text_atomic
 from translator.metrics import bleu, bleu_tokenizer
 from translator.model import Seq2Seq, build_model
@@ -161,6 +175,7 @@ class EpochEnd(keras.callbacks.Callback):
         self.report = report
         self.writer = tf.summary.create_file_writer(str(paths.logs))
         self._start = self._train_end = 0.0
+        self._epoch = int(state.get("epoch", 0))  # 0-based, as Keras counts
         self.diverged: str | None = None  # where the loss or weights became non-finite
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -228,9 +243,10 @@ class EpochEnd(keras.callbacks.Callback):
             "optimizer_steps": int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)),
         }
         st = self.state
+        archive = keras_archive(self.model)  # the epoch's checkpoint, built in memory once
         improved = dev_bleu is not None and dev_bleu > st.get("best_bleu", -1.0)
         if improved or dev_bleu is None:
-            save_weights_atomic(self.model, self.paths.checkpoints / BEST_WEIGHTS)
+            write_checkpoint(self.paths.checkpoints / BEST_WEIGHTS, weights_of_archive(archive))
             st["best_bleu"] = dev_bleu if dev_bleu is not None else st.get("best_bleu", -1.0)
             st["best_epoch"] = number
             st["bad_epochs"] = 0
@@ -238,16 +254,16 @@ class EpochEnd(keras.callbacks.Callback):
             st["bad_epochs"] = st.get("bad_epochs", 0) + 1
         record["best_dev_bleu"] = st.get("best_bleu")
         # metrics first: a resume truncates lines past the checkpoint's epoch
-        with open(self.paths.metrics, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, allow_nan=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        _append_line(self.paths.metrics, json.dumps(record, allow_nan=False))
         ckpt = self.paths.epoch_checkpoint(number)
-        save_model_atomic(self.model, ckpt)
+        write_checkpoint(ckpt, archive)
         st.update({"epoch": number, "last": ckpt.name,
                    "optimizer_steps": record["optimizer_steps"],
                    "train_wall_seconds": round(st.get("train_wall_seconds", 0.0) + seconds, 1)})
-        write_json_atomic(self.paths.train_state, st)
+        try:
+            write_json_atomic(self.paths.train_state, st)
+        except OSError as exc:
+            raise CheckpointWriteError(self.paths.train_state, exc) from exc
         for epoch, old in self.paths.epoch_checkpoints().items():
             if epoch <= number - self.cfg.train.keep_checkpoints:
                 old.unlink(missing_ok=True)
@@ -278,16 +294,261 @@ def _finite_weights(model: keras.Model) -> bool:
                if "float" in str(w.dtype))
 
 
+# ----------------------------------------------------------------------------- checkpoint files
+
+#: Prefix of the temp file a checkpoint is written to before the rename.
+TMP_PREFIX = ".tmp-"
+#: Test hook: while writing the checkpoint of this name (e.g. ``epoch-2.keras``), pause after
+#: the temp file is written and before the rename, after creating the file named by
+#: :data:`PAUSE_MARKER_ENV`; tests kill the process there.
+PAUSE_IN_SAVE_ENV = "TRANSLATOR_TEST_PAUSE_IN_SAVE"
+PAUSE_MARKER_ENV = "TRANSLATOR_TEST_PAUSE_MARKER"
+#: The errors that more disk space (or a higher file size limit) cures.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
+
+class CheckpointWriteError(RunError):
+    """A checkpoint (or ``state.json``, ``metrics.jsonl``) could not be written."""
+
+    def __init__(self, path: Path, exc: OSError):
+        self.path = path
+        self.reason = exc.strerror or str(exc)
+        self.no_space = exc.errno in NO_SPACE_ERRNOS
+        super().__init__(f"cannot write {path}: {self.reason}")
+
+
+def keras_archive(model: keras.Model) -> bytes:
+    """The ``.keras`` file of ``model`` (config, weights, optimizer state), built in memory.
+
+    Built in memory so that only :func:`write_checkpoint` touches the disk: h5py writing
+    straight to a full disk (ENOSPC, EFBIG) prints errors from its destructors and crashes
+    the interpreter at exit. The public ``save_model`` takes paths only, so this calls the
+    saving library, which takes a file object."""
+    from keras.src.saving import saving_lib
+
+    buffer = io.BytesIO()
+    saving_lib.save_model(model, buffer)
+    return buffer.getvalue()
+
+
+def weights_of_archive(archive: bytes) -> bytes:
+    """The ``.weights.h5`` file inside a ``.keras`` archive: the same HDF5 layout that
+    ``model.save_weights`` writes (``load_weights`` reads both)."""
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        return zf.read("model.weights.h5")
+
+
+def write_checkpoint(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: to ``.tmp-NAME`` (fsynced), then renamed.
+
+    Whatever stops the write (a full disk, Ctrl-C) removes the temp file and leaves the
+    old ``path`` as it was; an OSError becomes :class:`CheckpointWriteError`."""
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if os.environ.get(PAUSE_IN_SAVE_ENV) == path.name:
+            Path(os.environ[PAUSE_MARKER_ENV]).write_text(str(tmp), encoding="utf-8")
+            time.sleep(3600)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise CheckpointWriteError(path, exc) from exc
+        raise
+
+
 def save_model_atomic(model: keras.Model, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")  # Keras wants the .keras suffix
-    model.save(tmp)
-    os.replace(tmp, path)
+    write_checkpoint(path, keras_archive(model))
 
 
 def save_weights_atomic(model: keras.Model, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")  # ends with .weights.h5 as Keras requires
-    model.save_weights(tmp)
-    os.replace(tmp, path)
+    write_checkpoint(path, weights_of_archive(keras_archive(model)))
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Append one line durably; a failed append is cut off again (no torn line)."""
+    with open(path, "a", encoding="utf-8") as f:
+        size = f.tell()
+        try:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError as exc:
+            f.truncate(size)
+            raise CheckpointWriteError(path, exc) from exc
+
+
+def remove_leftover_temps(paths: RunPaths) -> list[str]:
+    """Remove the temp files that a killed ``train`` left behind (only one ``train`` runs at
+    a time, see :func:`run_lock`; the names are those ``train`` writes, so the temp file of
+    an ``average`` is left alone); returns them, relative to the run dir."""
+    leftovers: list[Path] = []
+    for folder, patterns in (
+        (paths.checkpoints, (f"{TMP_PREFIX}epoch-*.keras", f"{TMP_PREFIX}{BEST_WEIGHTS}",
+                             f".{paths.train_state.name}.tmp*")),  # translator.fileio's
+        (paths.root, (f".{paths.config.name}.tmp*", f".{paths.metrics.name}.tmp*")),
+    ):
+        for pattern in patterns:
+            leftovers += (p for p in folder.glob(pattern) if p.is_file())
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return sorted(str(p.relative_to(paths.root)) for p in leftovers)
+
+
+class _Unreadable(Exception):
+    """A checkpoint that cannot be loaded; the message says why."""
+
+
+def load_checkpoint(path: Path) -> keras.Model:
+    """Load an ``epoch-N.keras`` checkpoint with ``safe_mode=True`` (no code from the file
+    runs). Raises :class:`UserError` for a file that holds Python code (a ``Lambda`` layer),
+    :class:`_Unreadable` for one that is missing, truncated or corrupt."""
+    try:
+        if not path.is_file():
+            raise _Unreadable("the file is missing")
+        if not zipfile.is_zipfile(path):
+            raise _Unreadable("not a complete .keras zip archive; truncated?")
+        with zipfile.ZipFile(path) as zf:
+            corrupt = zf.testzip()
+        if corrupt is not None:
+            raise _Unreadable(f"{corrupt} inside it is corrupt")
+    except OSError as exc:
+        raise _Unreadable(exc.strerror or str(exc)) from exc
+    except zipfile.BadZipFile as exc:
+        raise _Unreadable(f"not a valid .keras zip archive: {exc}") from exc
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except Exception as exc:
+        if _refused_by_safe_mode(exc):
+            raise UserError(
+                f"{path}: refused to load: the file holds Python code (a Lambda layer or "
+                "function) that loading would run, and checkpoints load with safe_mode=True; "
+                "translator never writes such files. Delete it (a resume then uses the "
+                "previous checkpoint) or train a new run_dir") from None
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise _Unreadable(f"{type(exc).__name__}: {first}") from exc
+
+
+def _refused_by_safe_mode(exc: BaseException | None) -> bool:
+    """Keras' refusal of a lambda under ``safe_mode`` (possibly wrapped by the
+    deserializer of an enclosing object)."""
+    while exc is not None:
+        if "safe_mode" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _load_for_resume(paths: RunPaths, state: dict[str, Any], seed: int) -> keras.Model:
+    """Load the checkpoint ``state`` points at or, when it cannot be loaded, the newest kept
+    earlier one that can (with a warning for each that cannot). A fallback moves the
+    unreadable newer files aside (``*.unreadable``) and rewinds ``state`` and
+    ``state.json`` to the epoch loaded. Seeds the random streams for the resume epoch before
+    loading (dropout layers draw their seeds when they are built)."""
+    epoch = int(state["epoch"])
+    candidates = [(epoch, paths.checkpoints / state["last"])]
+    candidates += [(e, p) for e, p in reversed(paths.epoch_checkpoints().items()) if e < epoch]
+    unreadable: list[tuple[Path, str]] = []
+    for number, path in candidates:
+        keras.utils.set_random_seed(stream_seed(seed, number))
+        try:
+            model = load_checkpoint(path)
+        except _Unreadable as exc:
+            unreadable.append((path, str(exc)))
+            continue
+        if unreadable:
+            for bad, reason in unreadable:
+                aside = bad.with_name(bad.name + ".unreadable")
+                if bad.is_file():
+                    os.replace(bad, aside)
+                log.warning("%s: cannot load it (%s); resuming from %s instead, epoch %d is "
+                            "trained again (the file is kept as %s)", bad, reason, path.name,
+                            number + 1, aside.name)
+            best_epoch = int(state.get("best_epoch", 0))
+            state.update({"epoch": number, "last": path.name,
+                          "optimizer_steps": int(model.optimizer.iterations.numpy()),
+                          "bad_epochs": max(0, number - best_epoch)})
+            write_json_atomic(paths.train_state, state)
+        return model
+    path, reason = unreadable[0]
+    earlier = ("nor does any earlier one" if len(unreadable) > 1
+               else "and no earlier checkpoint is kept")
+    raise UserError(f"{path}: cannot load the checkpoint to resume from ({reason}), {earlier}; "
+                    f"to start over, delete {paths.checkpoints}/ or train a new run_dir")
+
+
+def _last_checkpoint(paths: RunPaths) -> tuple[Path, int] | None:
+    """The checkpoint a re-run of the same command resumes from (as ``state.json`` on disk
+    says) and its epoch; None when no epoch has one yet."""
+    try:
+        state = json.loads(paths.train_state.read_text(encoding="utf-8"))
+        return paths.checkpoints / state["last"], int(state["epoch"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+@contextmanager
+def run_lock(paths: RunPaths) -> Iterator[None]:
+    """Hold ``RUN_DIR/train.lock`` (an exclusive ``flock``; the file holds the pid) while
+    training. A second ``train`` on the run dir gets :class:`UserError`. The kernel drops
+    the lock of a process that dies, even by SIGKILL, so the file it leaves is stale and is
+    taken over. Creates the run dir if needed (removed again if it stayed empty)."""
+    root = paths.root
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root}: run_dir is not a directory")
+    created = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise UserError(
+                f"{root} is being trained by {f'pid {holder}' if holder else 'another process'}"
+                f" (it holds {paths.lock}); wait for it to finish or stop it, then re-run the "
+                "same command to resume") from None
+        try:  # the file locked must still be the one at that path: a releaser unlinks it
+            same = os.path.samestat(os.fstat(fd), os.stat(paths.lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        stale = _lock_holder(fd, wait=0)
+        if stale and stale != os.getpid():
+            log.info("%s: taking over the lock of pid %d, which is gone", paths.lock, stale)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        paths.lock.unlink(missing_ok=True)
+        os.close(fd)
+        if created:
+            try:
+                root.rmdir()  # only if empty: a train refused before it wrote anything
+            except OSError:
+                pass
+
+
+def _lock_holder(fd: int, wait: float = 1.0) -> int | None:
+    """The pid in a lock file; its holder may not have written it yet (wait that long)."""
+    deadline = time.monotonic() + wait
+    while True:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        if re.fullmatch(r"\d+", text):
+            return int(text)
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
 
 
 def _truncate_metrics(path: Path, epoch: int) -> None:
@@ -364,10 +625,23 @@ def train(
 
     ``report`` gets messages, ``on_record`` each epoch's record (the line written to
     ``metrics.jsonl``; default: ``report`` it as JSON), ``progress`` the batches.
-    """
+    Holds the run dir's lock (:func:`run_lock`) throughout. Ctrl-C raises
+    :class:`Interrupted`, a failed checkpoint write :class:`RunError`, both saying where a
+    re-run of the same command goes on from."""
     if on_record is None:
         def on_record(record: dict[str, Any]) -> None:
             report(json.dumps(record))
+    paths = RunPaths(Path(cfg.run_dir))
+    with run_lock(paths):
+        removed = remove_leftover_temps(paths)
+        if removed:
+            report(f"removed {', '.join(removed)}: partial writes of a train that was killed")
+        return _train(cfg, data_root, report, on_record, progress, step)
+
+
+def _train(cfg: Config, data_root: Path, report: Callable[[str], None],
+           on_record: Callable[[dict[str, Any]], None], progress: Progress | None,
+           step: Callable[[str], None]) -> dict[str, Any]:
     paths = ensure_prepared(cfg, data_root, step)
     tc = cfg.train
     state: dict[str, Any] = {}
@@ -377,12 +651,19 @@ def train(
     trained_epochs = tc.epochs
     if initial_epoch:
         trained_epochs = check_resume_settings(paths, cfg)
-    write_text_atomic(paths.config, dump_config(cfg))  # what this run uses from now on
-    paths.checkpoints.mkdir(parents=True, exist_ok=True)
-    seed = stream_seed(tc.seed, initial_epoch)
-    keras.utils.set_random_seed(seed)
     if tc.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
+    model = None
+    if initial_epoch:  # may fall back to an earlier checkpoint: initial_epoch follows it
+        model = _load_for_resume(paths, state, tc.seed)
+        initial_epoch = int(state["epoch"])
+        if model.jit_compile != tc.jit_compile:
+            model.jit_compile = tc.jit_compile
+    seed = stream_seed(tc.seed, initial_epoch)
+    if model is None:
+        keras.utils.set_random_seed(seed)  # a resume was seeded before loading
+    write_text_atomic(paths.config, dump_config(cfg))  # what this run uses from now on
+    paths.checkpoints.mkdir(parents=True, exist_ok=True)
     tokenizers = Tokenizers.load(paths.root)
     train_ids, dropped, target_tokens, lengths = filter_by_length(
         read_prepared_split(paths, "train"), tokenizers, tc.max_len)
@@ -405,10 +686,7 @@ def train(
         lengths=lengths,
     )
     steps_per_epoch = int(train_ds.cardinality())
-    if initial_epoch:
-        model = keras.saving.load_model(paths.checkpoints / state["last"])
-        if model.jit_compile != tc.jit_compile:
-            model.jit_compile = tc.jit_compile
+    if model is not None:
         _truncate_metrics(paths.metrics, initial_epoch)
         report(f"resuming from {state['last']} (epoch {initial_epoch}, "
                f"optimizer step {int(model.optimizer.iterations.numpy())}; "
@@ -436,9 +714,26 @@ def train(
         translator = Translator(model, tokenizers, cfg.decode)
         callback = EpochEnd(paths, cfg, translator, dev, target_tokens, state, report,
                             on_record, steps_per_epoch, progress)
-        # shuffle=False: the tf.data pipeline shuffles itself, seeded
-        model.fit(train_ds, validation_data=dev_ds, epochs=tc.epochs, shuffle=False,
-                  initial_epoch=initial_epoch, callbacks=[callback], verbose=0)
+        try:
+            # shuffle=False: the tf.data pipeline shuffles itself, seeded
+            model.fit(train_ds, validation_data=dev_ds, epochs=tc.epochs, shuffle=False,
+                      initial_epoch=initial_epoch, callbacks=[callback], verbose=0)
+        except KeyboardInterrupt:
+            if progress is not None:
+                progress.epoch_end()
+            last = _last_checkpoint(paths)
+            where = (f"the last checkpoint is {last[0]} (epoch {last[1]}): re-running the same "
+                     "command resumes from it" if last else
+                     "no epoch has a checkpoint yet: re-running the same command starts over")
+            raise Interrupted(f"interrupted in epoch {callback._epoch + 1}; {where}") from None
+        except CheckpointWriteError as exc:
+            what = "checkpoint " if exc.path.suffix in (".keras", ".h5") else ""
+            advice = "free disk space and re-run" if exc.no_space else "re-run"
+            last = _last_checkpoint(paths)
+            where = (f"to resume from {last[0]} (epoch {last[1]})" if last else
+                     "(no epoch has a checkpoint yet: it starts over)")
+            raise RunError(f"cannot write {what}{exc.path}: {exc.reason}; {advice} the same "
+                           f"command {where}") from None
         if callback.diverged is not None:
             if "last" in state:
                 where = (f"the last good checkpoint is {paths.checkpoints / state['last']} "
