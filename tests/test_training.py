@@ -138,11 +138,9 @@ def test_resume_draws_new_shuffle_and_dropout_streams(tmp_path):
     write_aligned(tmp_path / "data" / "toy", "dev", src[:10], tgt[:10])
     raw = toy_config(tmp_path / "run", model={"dropout": 0.3, "embed_dropout": 0.1},
                      train={"epochs": 1, "batch_tokens": 256})
-    first = train(load_config(write_config(tmp_path / "a.yaml", raw)), tmp_path / "data",
-                  verbose=0)
+    first = train(load_config(write_config(tmp_path / "a.yaml", raw)), tmp_path / "data")
     raw["train"]["epochs"] = 2  # the interrupted run's command, re-run
-    second = train(load_config(write_config(tmp_path / "b.yaml", raw)), tmp_path / "data",
-                   verbose=0)
+    second = train(load_config(write_config(tmp_path / "b.yaml", raw)), tmp_path / "data")
     assert first["epoch"] == 1 and second["epoch"] == 2
     assert first["seed"] == load_config(tmp_path / "a.yaml").train.seed
     assert second["seed"] != first["seed"]
