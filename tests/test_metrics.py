@@ -67,6 +67,9 @@ def test_chinese_targets_are_scored_with_the_zh_tokenizer():
     tok, note = bleu_tokenizer("ja")  # ja-mecab where installed, else char with a note
     assert (tok, note is None) in (("ja-mecab", True), ("char", False))
     assert score_all(hyps, refs, target_lang="en")["bleu_signature"].count("tok:13a") == 1
+    tok, note = bleu_tokenizer("th")  # no sacreBLEU word tokenizer: characters, and it says so
+    assert tok == "char" and "Thai" in note
+    assert "bleu_tokenizer_note" in score_all(["ฉันชอบชา"], ["ฉันชอบกาแฟ"], target_lang="th")
 
 
 def test_evaluate_scores_a_chinese_target_with_zh(memorized_run, run_cli, tmp_path):

@@ -309,11 +309,16 @@ def test_resume_refuses_settings_it_cannot_apply_and_extends_the_lr_decay(tmp_pa
     [line] = _err_lines(err)
     assert "resuming with other train.learning_rate, train.label_smoothing than" in line
     assert (run / "config.yaml").read_text(encoding="utf-8") == config_text
-    # more epochs: the linear decay now ends at the end of epoch 4
+    # more epochs: the linear decay now ends at the end of epoch 4. config.yaml already says 4,
+    # as a resume with epochs=4 that was killed in epoch 3 leaves it: the checkpoint's own
+    # schedule, not config.yaml, tells that the decay still ends at epoch 2
+    extended = yaml.safe_load(config_text)
+    extended["train"]["epochs"] = 4
+    (run / "config.yaml").write_text(yaml.safe_dump(extended), encoding="utf-8")
     caplog.set_level(logging.INFO, logger="translator")
     code, _, err = run_cli("train", cfg, "--data-root", data, "--set", "train.epochs=4")
     assert code == 0, err
-    assert "train.epochs 2 -> 4: the learning rate now decays linearly" in caplog.text
+    assert "train.epochs 4: the learning rate now decays linearly" in caplog.text
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
     steps = records[0]["optimizer_steps"]
@@ -324,3 +329,9 @@ def test_resume_refuses_settings_it_cannot_apply_and_extends_the_lr_decay(tmp_pa
         assert r["learning_rate"] == pytest.approx(0.01 + (1e-5 - 0.01) * frac, rel=1e-3)
     assert records[2]["learning_rate"] > 100 * records[1]["learning_rate"]
     assert yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["train"]["epochs"] == 4
+    # a finished run trains nothing more, so config.yaml keeps what it was trained with
+    trained = (run / "config.yaml").read_text(encoding="utf-8")
+    code, _, err = run_cli("-q", "train", cfg, "--data-root", data, "--set", "train.epochs=4",
+                           "--set", "train.patience=1")
+    assert code == 0, err
+    assert (run / "config.yaml").read_text(encoding="utf-8") == trained

@@ -32,7 +32,7 @@ def _other_models_weights(path, vocab):
 
 
 @pytest.mark.parametrize("kind", ["not_keras", "garbage_h5", "truncated_h5", "truncated_keras",
-                                  "other_model"])
+                                  "other_model", "zip_named_keras", "extra_encoder_layer"])
 def test_unloadable_weights_give_one_line(kind, memorized_run, run_cli, tmp_path):
     run = memorized_run["run_dir"]
     best = (run / "checkpoints" / "best.weights.h5").read_bytes()
@@ -49,6 +49,23 @@ def test_unloadable_weights_give_one_line(kind, memorized_run, run_cli, tmp_path
         keras_file = sorted((run / "checkpoints").glob("epoch-*.keras"))[-1].read_bytes()
         path = tmp_path / "cut.keras"
         path.write_bytes(keras_file[: len(keras_file) // 3])
+    elif kind == "zip_named_keras":  # a zip, but not a Keras archive
+        import zipfile
+
+        path = tmp_path / "zip.keras"
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("config.json", "{}")
+    elif kind == "extra_encoder_layer":  # the same model with one more encoder layer
+        import dataclasses
+
+        from translator.config import load_config
+        from translator.model import build_model
+        from translator.tokenizer import Tokenizers
+
+        path = tmp_path / "enc2.weights.h5"
+        vocab = Tokenizers.load(run).src.vocab_size
+        model_cfg = load_config(run / "config.yaml").model
+        build_model(dataclasses.replace(model_cfg, encoder_layers=2), vocab, vocab).save_weights(path)
     else:
         from translator.tokenizer import Tokenizers
 

@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import os
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -85,10 +86,17 @@ def normalize(line: str) -> str:
     """Strip a BOM, line ends and surrounding whitespace; fold internal runs of spaces.
 
     Invisible format characters (zero-width space, ZWNJ/ZWJ, direction marks, word
-    joiner) are stripped at the ends too, so a line of only those is empty; inside a
-    line they stay (ZWJ/ZWNJ shape words in e.g. Persian and Hindi).
+    joiner) are stripped at the ends too; inside a line they stay (ZWJ/ZWNJ shape words
+    in e.g. Persian and Hindi). A line with nothing visible (only control, format or
+    space characters, U+FFFD or SentencePiece's own ``▁``) is empty: it would encode to
+    no subword at all.
     """
-    return _EDGES.sub("", _SPACES.sub(" ", line.replace("\ufeff", "")))
+    text = _EDGES.sub("", _SPACES.sub(" ", line.replace("\ufeff", "")))
+    return text if any(map(_visible, text)) else ""
+
+
+def _visible(ch: str) -> bool:
+    return unicodedata.category(ch)[0] not in "CZ" and ch not in "\ufffd\u2581"
 
 
 def length_units(sentence: str) -> int:

@@ -20,6 +20,10 @@ from sacrebleu.metrics import BLEU, CHRF
 #: Chinese or Japanese as one "word" per clause and makes BLEU meaningless.
 _CJK = {"zh": "zh", "zho": "zh", "chi": "zh", "cmn": "zh", "yue": "zh",
         "ja": "ja", "jpn": "ja", "ko": "ko", "kor": "ko"}
+#: Other languages written without spaces between words, which sacreBLEU has no word
+#: tokenizer for: scored on characters (``char``), with a note.
+_UNSPACED = {"th": "Thai", "tha": "Thai", "lo": "Lao", "lao": "Lao", "km": "Khmer",
+             "khm": "Khmer", "my": "Burmese", "mya": "Burmese", "bo": "Tibetan", "bod": "Tibetan"}
 
 
 def _installed(*modules: str) -> bool:
@@ -32,9 +36,14 @@ def bleu_tokenizer(lang: str) -> tuple[str, str | None]:
     Chinese gets ``zh`` (each Han character a token). Japanese gets ``ja-mecab`` and
     Korean ``ko-mecab`` when their MeCab packages are installed; otherwise Japanese falls
     back to ``char`` and Korean (which separates words by spaces) to ``13a``, and the note
-    says so. Everything else gets ``13a``.
+    says so. Thai, Lao, Khmer, Burmese and Tibetan get ``char`` with a note. Everything
+    else gets ``13a``.
     """
-    family = _CJK.get(lang.lower().replace("_", "-").split("-")[0])
+    code = lang.lower().replace("_", "-").split("-")[0]
+    family = _CJK.get(code)
+    if code in _UNSPACED:
+        return "char", (f"sacreBLEU has no word tokenizer for {_UNSPACED[code]}, which is written "
+                        "without spaces; scored with char")
     if family == "zh":
         return "zh", None
     if family == "ja":

@@ -568,10 +568,10 @@ RESUMABLE_TRAIN_KEYS = ("epochs", "patience", "keep_checkpoints", "dev_bleu_sent
                         "jit_compile", "seed", "shuffle_buffer")
 
 
-def check_resume_settings(paths: RunPaths, cfg: Config) -> int:
+def check_resume_settings(paths: RunPaths, cfg: Config) -> None:
     """Refuse a resume whose ``train.*`` settings differ from the run's in keys that a
-    resume cannot apply (:data:`RESUMABLE_TRAIN_KEYS` can change); returns the run's
-    ``train.epochs`` so far. ``data``/``tokenizer``/``model`` are checked by prepare."""
+    resume cannot apply (:data:`RESUMABLE_TRAIN_KEYS` can change).
+    ``data``/``tokenizer``/``model`` are checked by prepare."""
     old = load_config(paths.config).train
     changed = [f"train.{f.name}" for f in dataclasses.fields(TrainConfig)
                if f.name not in RESUMABLE_TRAIN_KEYS
@@ -581,7 +581,6 @@ def check_resume_settings(paths: RunPaths, cfg: Config) -> int:
             f"{paths.root}: resuming with other {', '.join(changed)} than the run was trained "
             "with; its checkpoint keeps the optimizer, LR schedule and loss. Put them back, or "
             f"train a new run_dir (a resume may change train.{', train.'.join(RESUMABLE_TRAIN_KEYS)})")
-    return old.epochs
 
 
 def extended_schedule(tc: TrainConfig, steps_per_epoch: int) -> WarmupSchedule | None:
@@ -648,9 +647,8 @@ def _train(cfg: Config, data_root: Path, report: Callable[[str], None],
     if paths.train_state.is_file():
         state = json.loads(paths.train_state.read_text(encoding="utf-8"))
     initial_epoch = int(state.get("epoch", 0))
-    trained_epochs = tc.epochs
     if initial_epoch:
-        trained_epochs = check_resume_settings(paths, cfg)
+        check_resume_settings(paths, cfg)
     if tc.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     model = None
@@ -662,7 +660,6 @@ def _train(cfg: Config, data_root: Path, report: Callable[[str], None],
     seed = stream_seed(tc.seed, initial_epoch)
     if model is None:
         keras.utils.set_random_seed(seed)  # a resume was seeded before loading
-    write_text_atomic(paths.config, dump_config(cfg))  # what this run uses from now on
     paths.checkpoints.mkdir(parents=True, exist_ok=True)
     tokenizers = Tokenizers.load(paths.root)
     train_ids, dropped, target_tokens, lengths = filter_by_length(
@@ -691,15 +688,16 @@ def _train(cfg: Config, data_root: Path, report: Callable[[str], None],
         report(f"resuming from {state['last']} (epoch {initial_epoch}, "
                f"optimizer step {int(model.optimizer.iterations.numpy())}; "
                f"shuffle and dropout reseeded with {seed})")
-        if trained_epochs != tc.epochs:
-            schedule = extended_schedule(tc, steps_per_epoch)
-            if schedule is not None:
-                model.optimizer.learning_rate = schedule
-                lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
-                report(f"train.epochs {trained_epochs} -> {tc.epochs}: the learning rate now "
-                       f"decays linearly to {tc.min_learning_rate:g} at the end of epoch "
-                       f"{tc.epochs}; it is {lr:.3g} at optimizer step "
-                       f"{int(model.optimizer.iterations.numpy())}")
+        schedule = extended_schedule(tc, steps_per_epoch)
+        # the checkpoint's own schedule, not config.yaml, says what the run decays to
+        loaded = model.optimizer.get_config()["learning_rate"]
+        if schedule is not None and loaded.get("config") != schedule.get_config():
+            model.optimizer.learning_rate = schedule
+            lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+            report(f"train.epochs {tc.epochs}: the learning rate now decays linearly to "
+                   f"{tc.min_learning_rate:g} at the end of epoch {tc.epochs} (the checkpoint's "
+                   f"decay ended at step {loaded['config']['warmup_steps'] + loaded['config']['decay_steps']}); "
+                   f"it is {lr:.3g} at optimizer step {int(model.optimizer.iterations.numpy())}")
     else:
         model = build_model(cfg.model, tokenizers.src.vocab_size, tokenizers.tgt.vocab_size)
         compile_model(model, tc, total_steps=tc.epochs * steps_per_epoch)
@@ -711,6 +709,7 @@ def _train(cfg: Config, data_root: Path, report: Callable[[str], None],
         report(f"nothing to do: finished at epoch {initial_epoch} "
                f"(best dev BLEU {state.get('best_bleu')} at epoch {state.get('best_epoch')})")
     else:
+        write_text_atomic(paths.config, dump_config(cfg))  # what this run uses from now on
         translator = Translator(model, tokenizers, cfg.decode)
         callback = EpochEnd(paths, cfg, translator, dev, target_tokens, state, report,
                             on_record, steps_per_epoch, progress)

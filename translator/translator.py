@@ -80,8 +80,12 @@ class Translator:
                 raise UserError(f"{weights}: no such weights file (nor in {paths.checkpoints})")
             weights = paths.checkpoints / weights  # a name inside the run's checkpoints/
         try:
+            stored = _stored_weight_count(Path(weights))
+            if stored != len(model.weights):  # Keras ignores layers the model lacks
+                raise ValueError(f"the file holds {stored} weight arrays, the model has "
+                                 f"{len(model.weights)}")
             model.load_weights(weights)
-        except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        except (ValueError, OSError, KeyError, zipfile.BadZipFile) as exc:
             # not a Keras file, a truncated one, or the weights of another model
             first = next((line for line in str(exc).splitlines() if line.strip()), "")
             first = first.strip().split(". ", 1)[0].rstrip(".")[:160]  # its first sentence
@@ -218,3 +222,23 @@ class Translator:
             steps = len(best.pieces) + 1  # + EOS
             result.attention = out["attention"][row, 0, :steps, : len(src_ids)]
         return result
+
+
+def _stored_weight_count(path: Path) -> int:
+    """How many model weight arrays a ``.weights.h5`` or ``.keras`` file holds (its
+    optimizer's left out)."""
+    import io
+
+    import h5py
+
+    if path.suffix == ".keras":
+        with zipfile.ZipFile(path) as archive:
+            source = io.BytesIO(archive.read("model.weights.h5"))
+    else:
+        source = path
+    names: list[str] = []
+    with h5py.File(source, "r") as f:
+        f.visititems(lambda name, obj: names.append(name)
+                     if isinstance(obj, h5py.Dataset) and not name.startswith("optimizer/")
+                     else None)
+    return len(names)
