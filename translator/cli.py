@@ -497,6 +497,19 @@ COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "translate": cmd_transla
             "evaluate": cmd_evaluate, "average": cmd_average, "download": cmd_download}
 
 
+def _log_to_stderr(level: int) -> None:
+    """The package's messages go to the current ``sys.stderr``, one line each; records still
+    propagate to the root logger (other libraries' handlers, pytest's caplog)."""
+    for handler in [h for h in log.handlers if getattr(h, "translator_cli", False)]:
+        log.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.translator_cli = True
+    handler.setLevel(level)  # -q hides info on stderr; the records are still made
+    log.addHandler(handler)
+    log.setLevel(min(level, logging.INFO))
+
+
 def _verbose(args) -> bool:
     return bool(args.verbose) or os.environ.get("TRANSLATOR_VERBOSE", "") not in ("", "0")
 
@@ -511,9 +524,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"translator: error: {exc}", file=sys.stderr)
         return 2
     with filtered_stderr(enabled=not _verbose(args)):
-        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                            stream=sys.stderr, format="%(message)s", force=True)
-        log.setLevel(logging.DEBUG if _verbose(args) else logging.NOTSET)
+        _log_to_stderr(logging.DEBUG if _verbose(args) else
+                       logging.WARNING if args.quiet else logging.INFO)
         try:
             return COMMANDS[args.command](args)
         except UserError as exc:
