@@ -30,10 +30,10 @@ class _Parser(argparse.ArgumentParser):
 def _output_flags(p: argparse.ArgumentParser, top: bool) -> None:
     """-q / --verbose, before or after the command (a subcommand's copy only sets them
     when given, so it never undoes the top-level one)."""
-    default = {} if top else {"default": argparse.SUPPRESS}
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings on stderr",
-                   **({"default": False} if top else default))
-    p.add_argument("-v", "--verbose", action="store_true", **({"default": False} if top else default),
+    default = False if top else argparse.SUPPRESS
+    p.add_argument("-q", "--quiet", action="store_true", default=default,
+                   help="only warnings on stderr")
+    p.add_argument("-v", "--verbose", action="store_true", default=default,
                    help="also the resolved config, debug messages and TensorFlow's start-up "
                         "log (or set TRANSLATOR_VERBOSE=1)")
 
