@@ -35,6 +35,33 @@ def test_output_shapes(attention, input_feeding):
 
 
 @pytest.mark.parametrize("attention", ["bahdanau", "luong_dot", "luong_general"])
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_search_steps_reproduce_teacher_forcing_at_every_position(attention, input_feeding):
+    # teacher forcing hoists layer 0's input projection out of the loop and, without
+    # input feeding, attends for all steps at once; step() does neither
+    model = make(attention, input_feeding=input_feeding)
+    logits = model({"source_ids": SRC, "target_in": TIN}).numpy()
+    state = model.encode(SRC)
+    for t in range(TIN.shape[1]):
+        step_logits, state, _ = model.step(TIN[:, t], state)
+        real = TIN[:, t] != 0
+        np.testing.assert_allclose(step_logits.numpy()[real], logits[real, t], atol=1e-5)
+
+
+def test_decoder_lstm_computes_what_keras_lstm_cell_computes():
+    decoder = make(decoder_layers=1).decoder
+    cell = decoder.cells[0]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, cell.kernel.shape[0])).astype(np.float32)
+    h, c = (rng.normal(size=(3, 32)).astype(np.float32) for _ in range(2))
+    want_h, (_, want_c) = cell(x, [h, c])
+    z = x @ cell.kernel.numpy() + h @ cell.recurrent_kernel.numpy() + cell.bias.numpy()
+    got_h, got_c = decoder._lstm(z, c)
+    np.testing.assert_allclose(got_h, want_h, atol=1e-6)
+    np.testing.assert_allclose(got_c, want_c, atol=1e-6)
+
+
+@pytest.mark.parametrize("attention", ["bahdanau", "luong_dot", "luong_general"])
 def test_padding_does_not_change_outputs(attention):
     model = make(attention)
     alone = model({"source_ids": SRC[1:, :3], "target_in": TIN[1:, :2]}).numpy()

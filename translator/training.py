@@ -72,13 +72,14 @@ class SmoothedCrossEntropy(keras.losses.Loss):
         self.label_smoothing = label_smoothing
 
     def call(self, y_true, y_pred):
-        logp = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)
-        y_true = ops.cast(y_true, "int32")
-        nll = -ops.squeeze(ops.take_along_axis(logp, ops.expand_dims(y_true, -1), axis=-1), -1)
-        if self.label_smoothing == 0:
-            return nll
-        uniform = -ops.mean(logp, axis=-1)
-        return (1.0 - self.label_smoothing) * nll + self.label_smoothing * uniform
+        # one fused op for the loss and its gradient (softmax - q): a log_softmax with a
+        # gather of the target column back-propagates through a slow UnsortedSegmentSum
+        logits = tf.cast(y_pred, tf.float32)
+        vocab = tf.shape(logits)[-1]
+        off = self.label_smoothing / tf.cast(vocab, tf.float32)
+        q = tf.one_hot(tf.cast(y_true, tf.int32), vocab,
+                       on_value=1.0 - self.label_smoothing + off, off_value=off)
+        return tf.nn.softmax_cross_entropy_with_logits(labels=q, logits=logits)
 
     def get_config(self):
         config = super().get_config()

@@ -84,6 +84,28 @@ class Attention(keras.layers.Layer):
         context = ops.einsum("bs,bsh->bh", ops.cast(weights, memory.dtype), memory)
         return context, weights
 
+    def attend_sequence(self, queries, keys, memory, mask):
+        """Attend with ``tgt_len`` queries per sentence at once.
+
+        Args:
+            queries: ``(batch, tgt_len, units)``; keys, memory, mask: as in :meth:`call`.
+
+        Returns:
+            contexts ``(batch, tgt_len, units)`` and weights ``(batch, tgt_len, src_len)``.
+        """
+        if self.score == "bahdanau":
+            projected = self.query_dense(queries)  # (batch, tgt_len, a)
+            hidden = ops.tanh(ops.expand_dims(keys, 1) + ops.expand_dims(projected, 2))
+            v = ops.cast(self.v.kernel[:, 0], hidden.dtype)
+            scores = ops.einsum("btsa,a->bts", hidden, v)
+        else:
+            scores = ops.matmul(queries, ops.transpose(keys, (0, 2, 1)))
+        scores = ops.cast(scores, "float32")
+        scores = ops.where(ops.expand_dims(mask, 1), scores, NEG_INF)
+        weights = ops.softmax(scores, axis=-1)
+        context = ops.matmul(ops.cast(weights, memory.dtype), memory)
+        return context, weights
+
     def get_config(self):
         config = super().get_config()
         config.update(

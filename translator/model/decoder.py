@@ -10,10 +10,13 @@ One decoder step (shared by teacher-forced training and by search):
 4. attentional vector ``a = tanh(W [context; top])`` (fed to the next step);
 5. logits ``= W_out a`` (optionally tied to the target embedding).
 
-Training runs the same ``_cell`` in a ``tf.while_loop`` (``keras.ops.scan`` on the TF
-backend would also stack every LSTM state at every step), so decoding sees exactly
-what training trained. Dropout masks are drawn once per sentence and reused at every
-step (variational dropout), which keeps random number generation out of the loop.
+Training runs the same ``_rnn`` and ``_attend`` in a ``tf.while_loop`` (``keras.ops.scan``
+on the TF backend would also stack every LSTM state at every step), so decoding sees
+exactly what training trained; only work that does not depend on the recurrence leaves
+the loop: layer 0's input projection of the embeddings, and, without input feeding, the
+attention (computed for all steps at once after the loop). Dropout masks are drawn once
+per sentence and reused at every step (variational dropout), which keeps random number
+generation out of the loop.
 """
 
 from __future__ import annotations
@@ -129,23 +132,86 @@ class Decoder(keras.layers.Layer):
 
     # ------------------------------------------------------------------ one step
 
-    def _cell(self, x, h, c, feed, memory, keys, mask, drop):
-        """One step on embedded input ``x`` ``(batch, embed_dim)``; ``drop`` holds
-        per-layer dropout masks (or None). Returns the new ``h``, ``c``, attentional
-        vector ``(batch, units)`` and attention weights ``(batch, src_len)``."""
-        if self.input_feeding:
-            x = ops.concatenate([x, feed], axis=-1)
-        new_h, new_c = [], []
+    def _input_projection(self, x):
+        """``x W_x + b`` of the first LSTM layer for embedded inputs ``x`` ``(..., embed_dim)``:
+        the part of its gate pre-activations that does not depend on the recurrence, so
+        teacher forcing computes it for all time steps in one matmul."""
+        cell = self.cells[0]
+        kernel = ops.cast(cell.kernel[: self.embed_dim], x.dtype)
+        return ops.matmul(x, kernel) + ops.cast(cell.bias, x.dtype)
+
+    def _recurrent_weights(self, fused: bool):
+        """Per layer, the weights applied to the recurrent inputs of :meth:`_cell`.
+
+        Layer 0 sees ``[feed, h]`` (input feeding) or ``h``; layer ``i > 0`` sees
+        ``[x, h]`` and adds its bias. ``fused`` concatenates each layer's matrices into
+        one (one matmul per step on concatenated inputs: the teacher-forced loop builds
+        them once); otherwise each layer gets a tuple of matrices (``step`` runs once per
+        search step, where concatenating the weights would copy them every step).
+        """
+        dtype = self.compute_dtype
+        weights = []
         for i, cell in enumerate(self.cells):
-            out, (hi, ci) = cell(x, [h[i], c[i]])
-            new_h.append(hi)
+            parts = []
+            if i > 0:
+                parts.append(cell.kernel)
+            elif self.input_feeding:
+                parts.append(cell.kernel[self.embed_dim:])
+            parts.append(cell.recurrent_kernel)
+            parts = [ops.cast(w, dtype) for w in parts]
+            weights.append(ops.concatenate(parts, axis=0) if fused and len(parts) > 1
+                           else tuple(parts))
+        return weights
+
+    @staticmethod
+    def _lstm(z, c):
+        """Keras ``LSTMCell`` gates (order i, f, c, o; sigmoid and tanh) on the summed
+        pre-activations ``z`` ``(batch, 4 * units)``: returns the new ``h`` and ``c``."""
+        i, f, g, o = ops.split(z, 4, axis=-1)
+        c = ops.sigmoid(f) * c + ops.sigmoid(i) * ops.tanh(g)
+        return ops.sigmoid(o) * ops.tanh(c), c
+
+    def _rnn(self, x_proj, h, c, feed, drop, weights):
+        """The LSTM stack for one step from ``x_proj`` ``(batch, 4 * units)``, the first
+        layer's projected input (:meth:`_input_projection`); ``drop`` holds per-layer
+        dropout masks (or None); ``weights`` from :meth:`_recurrent_weights`. Returns the
+        new ``h``, ``c`` and the top layer's output ``(batch, units)``.
+
+        Computes what ``keras.layers.LSTMCell`` computes with the same variables, so
+        checkpoints are unchanged, but with the embedding part of layer 0 hoisted out of
+        the time loop and the recurrent matmuls merged.
+        """
+        new_h, new_c = [], []
+        x = None
+        for i, cell in enumerate(self.cells):
+            inputs = [h[i]]
+            if i > 0:
+                inputs.insert(0, x)
+            elif self.input_feeding:
+                inputs.insert(0, feed)
+            w = weights[i]
+            if isinstance(w, tuple):
+                z = ops.matmul(inputs[0], w[0])
+                for a, k in zip(inputs[1:], w[1:], strict=True):
+                    z = z + ops.matmul(a, k)
+            else:
+                z = ops.matmul(ops.concatenate(inputs, axis=-1), w)
+            z = z + (x_proj if i == 0 else ops.cast(cell.bias, z.dtype))
+            out, ci = self._lstm(z, c[i])
+            new_h.append(out)
             new_c.append(ci)
             if drop is not None:
                 out = out * drop[i]
             x = out + x if i > 0 else out
-        context, weights = self.attention(x, keys, memory, mask)
-        attentional = self.attention_out(ops.concatenate([context, x], axis=-1))
-        return new_h, new_c, attentional, weights
+        return new_h, new_c, x
+
+    def _attend(self, x, memory, keys, mask):
+        """Attentional vectors ``tanh(W [context; x])`` and attention weights for the
+        top LSTM outputs ``x``: one step ``(batch, units)`` or all steps at once
+        ``(batch, tgt_len, units)``."""
+        attend = self.attention if len(x.shape) == 2 else self.attention.attend_sequence
+        context, weights = attend(x, keys, memory, mask)
+        return self.attention_out(ops.concatenate([context, x], axis=-1)), weights
 
     def project(self, attentional):
         """Logits ``(..., vocab_size)`` from attentional vectors ``(..., units)``."""
@@ -165,9 +231,10 @@ class Decoder(keras.layers.Layer):
         Returns:
             logits ``(batch, vocab_size)``, the new state, attention ``(batch, src_len)``.
         """
-        x = self.embedding(tokens)
-        h, c, feed, weights = self._cell(x, state["h"], state["c"], state["feed"],
-                                         state["memory"], state["keys"], state["mask"], None)
+        x_proj = self._input_projection(self.embedding(tokens))
+        h, c, top = self._rnn(x_proj, state["h"], state["c"], state["feed"], None,
+                              self._recurrent_weights(fused=False))
+        feed, weights = self._attend(top, state["memory"], state["keys"], state["mask"])
         new_state = dict(state, h=h, c=c, feed=feed)
         return self.project(feed), new_state, weights
 
@@ -191,21 +258,32 @@ class Decoder(keras.layers.Layer):
             drop = [self._dropout_mask(batch, self.dropout) for _ in self.cells]
         memory, keys, mask = state["memory"], state["keys"], state["mask"]
 
-        inputs = tf.transpose(x, (1, 0, 2))  # (tgt_len, batch, embed_dim)
-        steps = tf.shape(inputs)[0]
+        # layer 0's input projection for every step at once, read back one step at a time
+        # from a TensorArray: the gradient of ``inputs[t]`` on a tensor would build a
+        # zero-padded (tgt_len, batch, 4 * units) tensor at every step
+        projected = tf.transpose(self._input_projection(x), (1, 0, 2))
+        steps = tf.shape(projected)[0]
+        inputs = tf.TensorArray(projected.dtype, size=steps,
+                                element_shape=(None, 4 * self.units)).unstack(projected)
+        weights = self._recurrent_weights(fused=True)
         outputs = tf.TensorArray(self.compute_dtype, size=steps, element_shape=(None, self.units))
 
         def body(t, h, c, feed, outputs):
-            h, c, feed, _ = self._cell(inputs[t], h, c, feed, memory, keys, mask, drop)
-            return t + 1, h, c, feed, outputs.write(t, feed)
+            h, c, top = self._rnn(inputs.read(t), h, c, feed, drop, weights)
+            if self.input_feeding:  # the next step needs this step's attention
+                feed, _ = self._attend(top, memory, keys, mask)
+                top = feed
+            return t + 1, h, c, feed, outputs.write(t, top)
 
         *_, outputs = tf.while_loop(
             lambda t, *_: t < steps, body,
             (tf.constant(0), state["h"], state["c"], state["feed"], outputs),
             maximum_iterations=steps,  # XLA needs a bound for the gradient accumulators
         )
-        feeds = outputs.stack()
-        feeds = ops.transpose(feeds, (1, 0, 2))
+        feeds = ops.transpose(outputs.stack(), (1, 0, 2))
+        if not self.input_feeding:
+            # the recurrence does not depend on attention: attend for all steps at once
+            feeds, _ = self._attend(feeds, memory, keys, mask)
         if training and self.dropout > 0:
             feeds = keras.random.dropout(feeds, self.dropout, seed=self.seed_generator)
         return self.project(feeds)
