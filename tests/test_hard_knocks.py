@@ -86,7 +86,7 @@ def test_a_second_train_on_a_run_dir_in_training_is_refused_and_a_dead_ones_lock
         first = subprocess.Popen(_train_cmd(cfg, trained, "-q"), env=ENV,
                                  stdout=subprocess.DEVNULL, stderr=err)
     try:
-        _wait_for(lambda: lock.is_file() and lock.read_text().strip() == str(first.pid),
+        _wait_for(lambda: lock.is_file() and lock.read_text().split()[:1] == [str(first.pid)],
                   first, "train.lock holding the first train's pid")
         second = subprocess.run(_train_cmd(cfg, trained, "-q"), env=ENV, capture_output=True,
                                 text=True, timeout=300)
@@ -95,12 +95,19 @@ def test_a_second_train_on_a_run_dir_in_training_is_refused_and_a_dead_ones_lock
         [line] = _lines(second.stderr)
         assert line.startswith(f"translator: error: {run} is being trained by pid {first.pid} ")
         assert "Traceback" not in second.stderr
-        assert lock.read_text().strip() == str(first.pid)  # the refused train left it alone
+        # a prepare would swap the tokenizers in under the running train: refused too
+        prep = subprocess.run([sys.executable, "-m", "translator", "prepare", str(cfg),
+                               "--data-root", str(trained / "data")], env=ENV,
+                              capture_output=True, text=True, timeout=300)
+        assert prep.returncode == 2, prep.stderr[-2000:]
+        [line] = _lines(prep.stderr)
+        assert line.startswith(f"translator: error: {run} is being trained by pid {first.pid} ")
+        assert lock.read_text().split() == [str(first.pid), "trained"]  # left alone
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
     # SIGKILL runs no cleanup: the lock file of a dead process stays; the next train takes it
-    assert lock.read_text().strip() == str(first.pid)
+    assert lock.read_text().split() == [str(first.pid), "trained"]
     third = subprocess.run(_train_cmd(cfg, trained) + ["--set", "train.epochs=2"], env=ENV,
                            capture_output=True, text=True, timeout=300)
     assert third.returncode == 0, third.stderr[-2000:]

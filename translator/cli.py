@@ -236,13 +236,15 @@ def _progress(total: int, enabled: bool):
 def cmd_prepare(args) -> int:
     from translator.config import load_config
     from translator.corpus import resolve_data_root
-    from translator.prepare import prepare
+    from translator.prepare import RunPaths, prepare
+    from translator.training import run_lock
 
     cfg = load_config(args.config, args.overrides)
     root = resolve_data_root(args.data_root)
     log.debug("config:\n%s", _dump(cfg))
     started = time.perf_counter()
-    with _status(sys.stderr.isatty()) as step:
+    # a prepare swaps the tokenizers and splits in: not under a running train or prepare
+    with run_lock(RunPaths(Path(cfg.run_dir)), "prepared"), _status(sys.stderr.isatty()) as step:
         stats = prepare(cfg, root, step)
     stats["seconds"] = round(time.perf_counter() - started, 1)
     print(_stats_table(stats, cfg.run_dir))

@@ -495,9 +495,10 @@ def _last_checkpoint(paths: RunPaths) -> tuple[Path, int] | None:
 
 
 @contextmanager
-def run_lock(paths: RunPaths) -> Iterator[None]:
-    """Hold ``RUN_DIR/train.lock`` (an exclusive ``flock``; the file holds the pid) while
-    training. A second ``train`` on the run dir gets :class:`UserError`. The kernel drops
+def run_lock(paths: RunPaths, action: str = "trained") -> Iterator[None]:
+    """Hold ``RUN_DIR/train.lock`` (an exclusive ``flock``; the file holds the pid and
+    ``action``) while training or preparing the run dir. A second ``train`` or ``prepare``
+    on the run dir gets :class:`UserError` naming the holder. The kernel drops
     the lock of a process that dies, even by SIGKILL, so the file it leaves is stale and is
     taken over. Creates the run dir if needed (removed again if it stayed empty)."""
     root = paths.root
@@ -510,10 +511,11 @@ def run_lock(paths: RunPaths) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _lock_holder(fd)
+            holder, what = _lock_holder(fd)
             os.close(fd)
             raise UserError(
-                f"{root} is being trained by {f'pid {holder}' if holder else 'another process'}"
+                f"{root} is being {what or 'used'} by "
+                f"{f'pid {holder}' if holder else 'another process'}"
                 f" (it holds {paths.lock}); wait for it to finish or stop it, then re-run the "
                 "same command to resume") from None
         try:  # the file locked must still be the one at that path: a releaser unlinks it
@@ -524,11 +526,11 @@ def run_lock(paths: RunPaths) -> Iterator[None]:
             break
         os.close(fd)
     try:
-        stale = _lock_holder(fd, wait=0)
+        stale, _ = _lock_holder(fd, wait=0)
         if stale and stale != os.getpid():
             log.info("%s: taking over the lock of pid %d, which is gone", paths.lock, stale)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()} {action}\n".encode(), 0)
         yield
     finally:
         paths.lock.unlink(missing_ok=True)
@@ -540,15 +542,17 @@ def run_lock(paths: RunPaths) -> Iterator[None]:
                 pass
 
 
-def _lock_holder(fd: int, wait: float = 1.0) -> int | None:
-    """The pid in a lock file; its holder may not have written it yet (wait that long)."""
+def _lock_holder(fd: int, wait: float = 1.0) -> tuple[int | None, str | None]:
+    """The pid and action in a lock file; its holder may not have written them yet (wait
+    that long)."""
     deadline = time.monotonic() + wait
     while True:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-        if re.fullmatch(r"\d+", text):
-            return int(text)
+        text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+        found = re.fullmatch(r"(\d+)(?: ([a-z]+))?", text)
+        if found:
+            return int(found[1]), found[2]
         if time.monotonic() >= deadline:
-            return None
+            return None, None
         time.sleep(0.05)
 
 
