@@ -1,4 +1,4 @@
-"""Command line: ``translator {prepare,train,translate,evaluate,average,download}``.
+"""Command line: ``translator {prepare,train,translate,evaluate,average,download,serve}``.
 
 The only module that reads argv, writes to stdout/stderr and chooses exit codes.
 Bad input (files, config, flags) -> one line on stderr and exit code 2.
@@ -99,6 +99,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="spa-eng or multi30k")
     p.add_argument("--dest", metavar="DIR", help="default: the data root")
     _common(p, config=False)
+
+    p = sub.add_parser("serve", help="serve a trained run over HTTP: API and demo page")
+    p.add_argument("run_dir")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="default 8080; 0 = a free port")
+    p.add_argument("--max-batch", type=int, default=64, metavar="N",
+                   help="most sentences decoded together (default 64; 1 = no batching)")
+    p.add_argument("--batch-wait-ms", type=_finite_float, default=5.0, metavar="MS",
+                   help="how long a batch waits for more requests after its first (default 5)")
+    p.add_argument("--beam-size", type=int, metavar="K",
+                   help="default beam size of requests (default: the run's decode.beam_size)")
+    p.add_argument("--weights", metavar="FILE", help=(
+        "weights to load (default: checkpoints/best.weights.h5; a bare name is looked up "
+        "in the run's checkpoints/)"))
+    p.add_argument("--max-sentences", type=int, default=256, metavar="N",
+                   help="most sentences per request (default 256)")
+    p.add_argument("--max-chars", type=int, default=2000, metavar="N",
+                   help="most characters per sentence (default 2000)")
+    _decode_set(p)
     for p in sub.choices.values():
         _output_flags(p, top=False)
     parser.commands = dict(sub.choices)
@@ -495,8 +515,56 @@ def cmd_download(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    for flag, value, low in (("--max-batch", args.max_batch, 1),
+                             ("--beam-size", args.beam_size, 1),
+                             ("--max-sentences", args.max_sentences, 1),
+                             ("--max-chars", args.max_chars, 1),
+                             ("--batch-wait-ms", args.batch_wait_ms, 0),
+                             ("--port", args.port, 0)):
+        if value is not None and value < low:
+            raise UserError(f"{flag} must be >= {low}, got {value}")
+    if args.port > 65535:
+        raise UserError(f"--port must be <= 65535, got {args.port}")
+    if args.beam_size is not None and args.beam_size > 16:
+        raise UserError(f"--beam-size must be <= 16, got {args.beam_size}")
+    from translator.serving.server import bind, serve, url_of
+
+    sock = bind(args.host, args.port)  # a taken port fails now, not after loading the model
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: other machines can reach this server", args.host)
+    from translator.config import load_config
+    from translator.prepare import RunPaths
+    from translator.serving.app import ServeSettings, create_app, saved_test_scores
+    from translator.translator import BEST_WEIGHTS, Translator
+
+    t = Translator.load(args.run_dir, args.weights, args.overrides)
+    data = load_config(RunPaths(Path(args.run_dir)).config).data
+    settings = ServeSettings(
+        src_lang=data.src_lang, tgt_lang=data.tgt_lang, beam_size=args.beam_size,
+        max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+        max_sentences=args.max_sentences, max_chars=args.max_chars,
+        model_info={"run_dir": str(args.run_dir), "weights": args.weights or BEST_WEIGHTS,
+                    "test": saved_test_scores(args.run_dir)})
+    url = url_of(sock)
+    log.info("compiling the searches ...")
+
+    def ready() -> None:
+        print(f"serving {data.src_lang}-{data.tgt_lang} at {url} (API docs: {url}docs)",
+              flush=True)
+
+    if _verbose(args):  # uvicorn's own lines (start-up, one per request) too
+        uvicorn_log = logging.getLogger("uvicorn")
+        uvicorn_log.addHandler(logging.StreamHandler(sys.stderr))
+        uvicorn_log.setLevel(logging.INFO)
+    serve(create_app(t, settings), sock, ready, access_log=_verbose(args))
+    log.info("stopped")
+    return 0
+
+
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "translate": cmd_translate,
-            "evaluate": cmd_evaluate, "average": cmd_average, "download": cmd_download}
+            "evaluate": cmd_evaluate, "average": cmd_average, "download": cmd_download,
+            "serve": cmd_serve}
 
 
 def _log_to_stderr(level: int) -> None:
