@@ -517,7 +517,7 @@ def run_lock(paths: RunPaths, action: str = "trained") -> Iterator[None]:
                 f"{root} is being {what or 'used'} by "
                 f"{f'pid {holder}' if holder else 'another process'}"
                 f" (it holds {paths.lock}); wait for it to finish or stop it, then re-run the "
-                "same command to resume") from None
+                f"same command{' to resume' if action == 'trained' else ''}") from None
         try:  # the file locked must still be the one at that path: a releaser unlinks it
             same = os.path.samestat(os.fstat(fd), os.stat(paths.lock))
         except FileNotFoundError:
