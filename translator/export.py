@@ -30,6 +30,7 @@ sums, same tie rule (the earliest start wins), unknown characters merged into on
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -390,7 +391,8 @@ def export_saved_model(run_dir: str | Path, out_dir: str | Path, weights: str | 
         module = TranslatorModule(translator.model, translator.tokenizers, settings)
         with tf.device("/CPU:0"):
             serve = module.serve.get_concrete_function()
-        tf.saved_model.save(module, str(tmp), signatures={SIGNATURE: serve})
+        with _root_logger_untouched():
+            tf.saved_model.save(module, str(tmp), signatures={SIGNATURE: serve})
         forbidden = sorted(forbidden_ops(tmp))
         if forbidden:  # a bug, not bad input
             raise RuntimeError(f"the exported graph holds {forbidden}")
@@ -399,6 +401,9 @@ def export_saved_model(run_dir: str | Path, out_dir: str | Path, weights: str | 
                 "max_ratio": d.max_ratio, "max_extra": d.max_extra, "signature": SIGNATURE,
                 "tensorflow": tf.__version__}
         write_json_atomic(tmp / SETTINGS_FILE, info)
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp made it 0700: let a server's user read it
         _swap_into_place(tmp, out)
     except OSError as exc:
         raise UserError(f"{out}: cannot write the SavedModel ({exc.strerror or exc})") from None
@@ -412,6 +417,20 @@ def export_saved_model(run_dir: str | Path, out_dir: str | Path, weights: str | 
 def read_settings(saved_model_dir: str | Path) -> dict:
     """What :func:`export_saved_model` baked into a SavedModel (its ``SETTINGS_FILE``)."""
     return json.loads((Path(saved_model_dir) / SETTINGS_FILE).read_text(encoding="utf-8"))
+
+
+@contextlib.contextmanager
+def _root_logger_untouched():
+    """TensorFlow's SavedModel writer logs through ``logging.info``, which gives the root
+    logger a handler (``logging.basicConfig``) when it has none: every later record of
+    the package would then be printed twice. Take away what it added."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        yield
+    finally:
+        for handler in [h for h in root.handlers if h not in before]:
+            root.removeHandler(handler)
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
