@@ -1,4 +1,4 @@
-"""Command line: ``translator {prepare,train,translate,evaluate,average,download,serve}``.
+"""Command line: ``translator {prepare,train,translate,evaluate,average,export,download,serve}``.
 
 The only module that reads argv, writes to stdout/stderr and chooses exit codes.
 Bad input (files, config, flags) -> one line on stderr and exit code 2.
@@ -94,6 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--epochs", type=int, nargs="+", metavar="E", help="these epochs")
     p.add_argument("--output", "-o", metavar="FILE.weights.h5",
                    help="default RUN_DIR/checkpoints/averaged.weights.h5")
+
+    p = sub.add_parser("export", help="write a SavedModel that translates raw text (TF Serving)")
+    p.add_argument("run_dir")
+    p.add_argument("out_dir", help="where the SavedModel goes (a new or empty directory)")
+    p.add_argument("--weights", metavar="FILE", help=(
+        "weights to export (default: checkpoints/best.weights.h5; a bare name is looked up "
+        "in the run's checkpoints/)"))
+    p.add_argument("--beam-size", type=int, metavar="K",
+                   help="1 = greedy (default: the run's decode.beam_size)")
+    p.add_argument("--length-penalty", type=_finite_float, metavar="A",
+                   help="GNMT alpha (default: the run's decode.length_penalty)")
+    p.add_argument("--n-best", type=int, metavar="N",
+                   help="columns of the n_best output (default: the run's decode.n_best, at "
+                        "most the beam size)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
 
     p = sub.add_parser("download", help="fetch a public corpus (needs internet)")
     p.add_argument("name", help="spa-eng or multi30k")
@@ -504,6 +519,22 @@ def cmd_average(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    for flag, value in (("--beam-size", args.beam_size), ("--n-best", args.n_best)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
+    if args.length_penalty is not None and args.length_penalty < 0:
+        raise UserError(f"--length-penalty must be >= 0, got {args.length_penalty}")
+    if not Path(args.run_dir).is_dir():
+        raise UserError(f"{args.run_dir}: no such run dir; train one first")
+    from translator.export import export_saved_model
+
+    info = export_saved_model(args.run_dir, args.out_dir, args.weights, args.beam_size,
+                              args.length_penalty, args.n_best, force=args.force)
+    print(json.dumps(info))
+    return 0
+
+
 def cmd_download(args) -> int:
     from translator.corpus import resolve_data_root
     from translator.download import download
@@ -563,8 +594,8 @@ def cmd_serve(args) -> int:
 
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "translate": cmd_translate,
-            "evaluate": cmd_evaluate, "average": cmd_average, "download": cmd_download,
-            "serve": cmd_serve}
+            "evaluate": cmd_evaluate, "average": cmd_average, "export": cmd_export,
+            "download": cmd_download, "serve": cmd_serve}
 
 
 def _log_to_stderr(level: int) -> None:

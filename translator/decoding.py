@@ -108,6 +108,7 @@ def greedy_search(
     loop = tf.while_loop(
         cond, body,
         (tf.constant(0), tokens, state, finished, scores, lengths, out_tokens, out_attn),
+        maximum_iterations=tf.maximum(limit + 1, 0),  # cond's bound, explicit in the graph
     )
     _, _, _, _, scores, lengths, out_tokens, out_attn = loop
     tokens = tf.transpose(out_tokens.stack(), (1, 0))  # (batch, steps)
@@ -213,7 +214,8 @@ def beam_search(
                 (out_tokens, parents, attn))
 
     _, _, _, log_probs, _, lengths, history = tf.while_loop(
-        cond, body, (tf.constant(0), tokens, state, log_probs, finished, lengths, history))
+        cond, body, (tf.constant(0), tokens, state, log_probs, finished, lengths, history),
+        maximum_iterations=tf.maximum(limit + 1, 0))  # cond's bound, explicit in the graph
     scores = log_probs / length_penalty(lengths, alpha)
     order = tf.argsort(scores, axis=1, direction="DESCENDING", stable=True)[:, :n_best]
     seqs, attention = _backtrack(history, order, return_attention)
@@ -241,7 +243,8 @@ def _backtrack(history, beams: tf.Tensor, return_attention: bool):
         return t - 1, tf.gather(parents.read(t), beams, batch_dims=1), tokens_ta, attn_ta
 
     _, _, tokens_ta, attn_ta = tf.while_loop(
-        lambda t, *_: t >= 0, body, (steps - 1, beams, tokens_ta, attn_ta))
+        lambda t, *_: t >= 0, body, (steps - 1, beams, tokens_ta, attn_ta),
+        maximum_iterations=steps)
     n = tf.shape(beams)[1]
     batch = tf.shape(beams)[0]
     seqs = tf.reshape(tf.transpose(tokens_ta.stack(), (1, 2, 0)), [batch, n, -1])

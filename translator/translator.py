@@ -102,26 +102,9 @@ class Translator:
     def _search(self, beam_size: int, alpha: float, n_best: int, attention: bool) -> Callable:
         key = (beam_size, float(alpha), n_best, attention)
         if key not in self._searches:
-            ratio, extra = self.decode.max_ratio, self.decode.max_extra
-
-            @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)],
-                         reduce_retracing=True)
-            def search(source_ids):
-                state = self.model.encode(source_ids)
-                src_len = tf.reduce_sum(tf.cast(tf.not_equal(source_ids, PAD_ID), tf.int32), 1)
-                limit = max_lengths(src_len, ratio, extra)
-                if beam_size == 1:
-                    r = greedy_search(self.model.step, state, limit, BOS_ID, EOS_ID, attention)
-                else:
-                    r = beam_search(self.model.step, state, limit, BOS_ID, EOS_ID, beam_size,
-                                    alpha, n_best, attention,
-                                    constant_keys=self.model.decoder.CONSTANT_STATE)
-                out = {"tokens": r.tokens, "lengths": r.lengths, "scores": r.scores}
-                if attention:
-                    out["attention"] = r.attention
-                return out
-
-            self._searches[key] = search
+            self._searches[key] = tf.function(
+                search_fn(self.model, self.decode, beam_size, alpha, n_best, attention),
+                input_signature=[tf.TensorSpec([None, None], tf.int32)], reduce_retracing=True)
         return self._searches[key]
 
     def encode_sources(self, texts: Sequence[str]) -> list[list[int]]:
@@ -222,6 +205,34 @@ class Translator:
             steps = len(best.pieces) + 1  # + EOS
             result.attention = out["attention"][row, 0, :steps, : len(src_ids)]
         return result
+
+
+def search_fn(model: Seq2Seq, decode: DecodeConfig, beam_size: int, alpha: float, n_best: int,
+              attention: bool) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
+    """The search both front doors compile: :class:`Translator` wraps it in a
+    ``tf.function``, :mod:`translator.export` calls it inside its serving function.
+
+    It maps source ids ``(batch, src_len)`` (EOS-terminated, 0-padded) to ``tokens``
+    ``(batch, n_best, len)``, ``lengths`` and ``scores`` ``(batch, n_best)`` and, with
+    ``attention``, ``attention`` ``(batch, n_best, len + 1, src_len)``. The output limit is
+    ``decode.max_ratio * source_length + decode.max_extra`` (see :func:`max_lengths`)."""
+    ratio, extra = decode.max_ratio, decode.max_extra
+
+    def search(source_ids):
+        state = model.encode(source_ids)
+        src_len = tf.reduce_sum(tf.cast(tf.not_equal(source_ids, PAD_ID), tf.int32), 1)
+        limit = max_lengths(src_len, ratio, extra)
+        if beam_size == 1:
+            r = greedy_search(model.step, state, limit, BOS_ID, EOS_ID, attention)
+        else:
+            r = beam_search(model.step, state, limit, BOS_ID, EOS_ID, beam_size, alpha, n_best,
+                            attention, constant_keys=model.decoder.CONSTANT_STATE)
+        out = {"tokens": r.tokens, "lengths": r.lengths, "scores": r.scores}
+        if attention:
+            out["attention"] = r.attention
+        return out
+
+    return search
 
 
 def _stored_weight_count(path: Path) -> int:
