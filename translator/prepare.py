@@ -96,7 +96,8 @@ class RunPaths:
 
     @property
     def lock(self) -> Path:
-        """Held (``flock``) by the ``train`` that is running on this run dir; holds its pid."""
+        """Held (``flock``) by the ``train`` or ``prepare`` running on this run dir; holds
+        its pid and action."""
         return self.root / LOCK_FILE
 
     @property
