@@ -143,11 +143,13 @@ class Decoder(keras.layers.Layer):
     def _recurrent_weights(self, fused: bool):
         """Per layer, the weights applied to the recurrent inputs of :meth:`_cell`.
 
-        Layer 0 sees ``[feed, h]`` (input feeding) or ``h``; layer ``i > 0`` sees
-        ``[x, h]`` and adds its bias. ``fused`` concatenates each layer's matrices into
-        one (one matmul per step on concatenated inputs: the teacher-forced loop builds
-        them once); otherwise each layer gets a tuple of matrices (``step`` runs once per
-        search step, where concatenating the weights would copy them every step).
+        Layer ``i > 0`` sees ``[x, h]`` and adds its bias. ``fused`` (the teacher-forced
+        loop, which builds them once) concatenates each layer's matrices into one, for one
+        matmul per step on concatenated inputs, and layer 0 sees ``[feed, h]`` (input
+        feeding) or ``h``. Otherwise (``step``, once per search step, where slicing or
+        concatenating the weights would copy them every step) each layer gets a tuple of
+        whole matrices and layer 0 sees ``h`` only: ``step`` folds ``feed`` into its input
+        projection.
         """
         dtype = self.compute_dtype
         weights = []
@@ -155,7 +157,7 @@ class Decoder(keras.layers.Layer):
             parts = []
             if i > 0:
                 parts.append(cell.kernel)
-            elif self.input_feeding:
+            elif self.input_feeding and fused:
                 parts.append(cell.kernel[self.embed_dim:])
             parts.append(cell.recurrent_kernel)
             parts = [ops.cast(w, dtype) for w in parts]
@@ -173,8 +175,10 @@ class Decoder(keras.layers.Layer):
 
     def _rnn(self, x_proj, h, c, feed, drop, weights):
         """The LSTM stack for one step from ``x_proj`` ``(batch, 4 * units)``, the first
-        layer's projected input (:meth:`_input_projection`); ``drop`` holds per-layer
-        dropout masks (or None); ``weights`` from :meth:`_recurrent_weights`. Returns the
+        layer's projected input (:meth:`_input_projection`); ``feed``, the previous
+        attentional vector for layer 0, or None when input feeding is off or ``x_proj``
+        already holds it (``step``); ``drop`` holds per-layer dropout masks (or None);
+        ``weights`` from :meth:`_recurrent_weights` (fused only with ``feed``). Returns the
         new ``h``, ``c`` and the top layer's output ``(batch, units)``.
 
         Computes what ``keras.layers.LSTMCell`` computes with the same variables, so
@@ -187,7 +191,7 @@ class Decoder(keras.layers.Layer):
             inputs = [h[i]]
             if i > 0:
                 inputs.insert(0, x)
-            elif self.input_feeding:
+            elif feed is not None:
                 inputs.insert(0, feed)
             w = weights[i]
             if isinstance(w, tuple):
@@ -231,8 +235,14 @@ class Decoder(keras.layers.Layer):
         Returns:
             logits ``(batch, vocab_size)``, the new state, attention ``(batch, src_len)``.
         """
-        x_proj = self._input_projection(self.embedding(tokens))
-        h, c, top = self._rnn(x_proj, state["h"], state["c"], state["feed"], None,
+        # layer 0's whole input projection, ``[x; feed] W + b`` as in ``LSTMCell``: slicing
+        # the kernel into embedding and feed rows would copy it at every search step
+        cell = self.cells[0]
+        x = self.embedding(tokens)
+        if self.input_feeding:
+            x = ops.concatenate([x, state["feed"]], axis=-1)
+        x_proj = ops.matmul(x, ops.cast(cell.kernel, x.dtype)) + ops.cast(cell.bias, x.dtype)
+        h, c, top = self._rnn(x_proj, state["h"], state["c"], None, None,
                               self._recurrent_weights(fused=False))
         feed, weights = self._attend(top, state["memory"], state["keys"], state["mask"])
         new_state = dict(state, h=h, c=c, feed=feed)
@@ -269,7 +279,8 @@ class Decoder(keras.layers.Layer):
         outputs = tf.TensorArray(self.compute_dtype, size=steps, element_shape=(None, self.units))
 
         def body(t, h, c, feed, outputs):
-            h, c, top = self._rnn(inputs.read(t), h, c, feed, drop, weights)
+            h, c, top = self._rnn(inputs.read(t), h, c, feed if self.input_feeding else None,
+                                  drop, weights)
             if self.input_feeding:  # the next step needs this step's attention
                 feed, _ = self._attend(top, memory, keys, mask)
                 top = feed
