@@ -175,3 +175,17 @@ def test_beam_stops_once_no_live_beam_can_win():
              return_attention=True)
     assert seqs(r2, 1) == [[C] * 40]
     assert r2.attention.shape[2] == 41
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_normalized_step_output_is_scored_as_given(search):
+    """``normalized=True`` (an ensemble's mean log-probabilities, which need not sum to 1
+    in probability) is scored as given; without it the search applies log_softmax."""
+    halved = SHORT * 0.5  # a mean of log-probabilities with a zero row: not normalized
+    kw = {} if search == "greedy" else {"beam_size": 2}
+    as_given = run(halved[np.newaxis], [0], search, normalized=True, **kw)
+    assert seqs(as_given) == [[A]]
+    expected = halved[BOS, A] + halved[A, EOS]
+    assert as_given.scores.numpy()[0, 0] == pytest.approx(expected, abs=1e-6)
+    renormalized = run(halved[np.newaxis], [0], search, **kw)
+    assert renormalized.scores.numpy()[0, 0] != pytest.approx(expected, abs=1e-3)

@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the run's decode.n_best)")
     p.add_argument("--attention-plot", metavar="PNG",
                    help="heatmap of the first sentence's attention")
+    _ensemble_flag(p)
     _decode_set(p)
 
     p = sub.add_parser("evaluate", help="translate a test split and score it (JSON)")
@@ -82,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--src", metavar="FILE", help="source file (with --ref) instead of --split")
     p.add_argument("--ref", metavar="FILE", help="reference file (with --src)")
     p.add_argument("--output", "-o", metavar="HYP",
-                   help="where to write hypotheses (default RUN_DIR/eval/<split>.hyp)")
+                   help="where to write hypotheses (default RUN_DIR/eval/<split>.hyp; "
+                        "with --ensemble RUN_DIR/eval/<split>.ensemble.hyp)")
     _decode_flags(p)
+    _ensemble_flag(p)
     _decode_set(p)
 
     p = sub.add_parser("average", help="average the weights of the last epoch checkpoints")
@@ -162,6 +165,14 @@ def _decode_set(p: argparse.ArgumentParser) -> None:
                    help="override a decode setting of the run's config.yaml (repeatable)")
 
 
+def _ensemble_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ensemble", nargs="+", default=[], metavar="RUN_DIR2", help=(
+        "decode with RUN_DIR and these run dirs as one ensemble (mean of their "
+        "log-probabilities at every step); they must share RUN_DIR's tokenizer; decode "
+        "settings come from RUN_DIR (and the flags); sentences given as arguments go before "
+        "--ensemble"))
+
+
 def _finite_float(text: str) -> float:
     """``type=`` for float flags: ``float()`` alone accepts ``nan`` and ``inf``."""
     import math
@@ -236,6 +247,30 @@ def _check_decode_flags(args) -> None:
             raise UserError(f"{flag} must be >= {low}, got {value}")
     if args.length_penalty is not None and args.length_penalty < 0:
         raise UserError(f"--length-penalty must be >= 0, got {args.length_penalty}")
+
+
+def _load_translator(args):
+    """The run dir's :class:`Translator`, or with ``--ensemble`` the ensemble of RUN_DIR and
+    those run dirs (each with its best weights)."""
+    from translator.translator import Translator
+
+    if not args.ensemble:
+        return Translator.load(args.run_dir, args.weights, args.overrides)
+    return Translator.load([args.run_dir, *args.ensemble], None, args.overrides)
+
+
+def _check_ensemble_flags(args) -> None:
+    """Before any input is read: ``--ensemble`` names run dirs and excludes ``--weights``."""
+    if not args.ensemble:
+        return
+    if args.weights:
+        raise UserError("--weights cannot be combined with --ensemble: every member decodes "
+                        "with its checkpoints/best.weights.h5 (from Python, "
+                        "Translator.load([...], weights=[...]) takes one per run dir)")
+    for run in args.ensemble:
+        if not (Path(run) / "config.yaml").is_file():
+            raise UserError(f"--ensemble {run}: not a run dir (no config.yaml); sentences given "
+                            "as arguments go before --ensemble (or use --input FILE)")
 
 
 def _warn_too_long(results, max_len: int | None, what: str = "inputs") -> int:
@@ -428,15 +463,14 @@ def cmd_train(args) -> int:
 
 def cmd_translate(args) -> int:
     _check_decode_flags(args)
+    _check_ensemble_flags(args)
     if args.text:
         texts = list(args.text)
     else:
         if args.input is None and sys.stdin.isatty():
             raise UserError("translate: give sentences as arguments, --input FILE, or pipe stdin")
         texts = _read_text_lines(args.input)
-    from translator.translator import Translator
-
-    t = Translator.load(args.run_dir, args.weights, args.overrides)
+    t = _load_translator(args)
     show = args.input is not None and sys.stderr.isatty()
     bar, advance = _progress(len(texts), show)
     with bar:
@@ -462,6 +496,7 @@ def cmd_translate(args) -> int:
 
 def cmd_evaluate(args) -> int:
     _check_decode_flags(args)
+    _check_ensemble_flags(args)
     if (args.src is None) != (args.ref is None):
         raise UserError("evaluate: --src and --ref go together")
     run_dir = Path(args.run_dir)
@@ -478,9 +513,9 @@ def cmd_evaluate(args) -> int:
             raise UserError(f"{run_dir}: has no {args.split} split; use --src F --ref F")
         src, ref, name = pairs.src, pairs.tgt, args.split
     from translator.metrics import score_all
-    from translator.translator import BEST_WEIGHTS, Translator
+    from translator.translator import BEST_WEIGHTS
 
-    t = Translator.load(run_dir, args.weights, args.overrides)
+    t = _load_translator(args)
     beam, alpha, n_best = t.settings(args.beam_size, args.length_penalty)
     bar, advance = _progress(len(src), sys.stderr.isatty())
     started = time.perf_counter()
@@ -489,7 +524,8 @@ def cmd_evaluate(args) -> int:
                               batch_size=args.batch_size, on_batch=advance)
     seconds = time.perf_counter() - started
     hyps = [r.text for r in results]
-    out = Path(args.output) if args.output else run_dir / "eval" / f"{name}.hyp"
+    kind = ".ensemble" if args.ensemble else ""  # never overwrites the single model's files
+    out = Path(args.output) if args.output else run_dir / "eval" / f"{name}{kind}.hyp"
     _write_lines(str(out), hyps)
     from translator.config import load_config
     from translator.prepare import RunPaths
@@ -507,6 +543,13 @@ def cmd_evaluate(args) -> int:
             nbest = out.with_name(out.name + ".nbest")
         _write_lines(str(nbest), ["\t".join(h.text for h in r.n_best) for r in results])
         scores.update({"n_best": n_best, "nbest": str(nbest)})
+    if args.ensemble:  # saved beside the single model's record, which stays the run's own
+        from translator.fileio import write_text_atomic
+
+        saved = run_dir / "eval" / f"{name}.ensemble.json"
+        scores.update({"ensemble": [str(run_dir), *args.ensemble],
+                       "ensemble_size": t.ensemble_size, "json": str(saved)})
+        write_text_atomic(saved, json.dumps(scores) + "\n")
     print(json.dumps(scores))
     return 0
 

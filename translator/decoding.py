@@ -4,7 +4,10 @@ Model-agnostic: the searches only call
 
     step_fn(tokens (batch,), state) -> (logits (batch, vocab), state, attention (batch, src_len))
 
-where ``state`` is any nest of tensors whose first dimension is the batch. Beam search
+where ``state`` is any nest of tensors whose first dimension is the batch; with
+``normalized=True`` the step function returns log-probabilities instead of logits (an
+ensemble's mean of its members' log-probabilities, see :mod:`translator.ensemble`), which
+the searches then take as they are instead of applying ``log_softmax``. Beam search
 flattens beams into the batch (``batch * beam``), takes ``top_k`` over
 ``beam * vocab`` candidates, reorders the state with ``tf.gather``, starts with beam
 scores ``[0, -inf, ...]`` so the first step is not duplicated, ranks with the GNMT
@@ -52,8 +55,13 @@ def max_lengths(source_lengths: tf.Tensor, ratio: float, extra: int) -> tf.Tenso
     return tf.cast(tf.floor(ratio * tf.cast(source_lengths, tf.float32)), tf.int32) + extra
 
 
-def _log_probs(logits: tf.Tensor) -> tf.Tensor:
+def to_log_probs(logits: tf.Tensor) -> tf.Tensor:
+    """``log_softmax`` over the vocabulary, in float32: what the searches score with."""
     return tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
+
+
+def _step_log_probs(output: tf.Tensor, normalized: bool) -> tf.Tensor:
+    return tf.cast(output, tf.float32) if normalized else to_log_probs(output)
 
 
 def _attn_shape(attention: tf.Tensor) -> tf.TensorShape:
@@ -67,12 +75,14 @@ def greedy_search(
     bos_id: int,
     eos_id: int,
     return_attention: bool = False,
+    normalized: bool = False,
 ) -> SearchResult:
     """Pick the most likely token at each step.
 
     Args:
         state: initial decoder state for ``batch`` sentences.
         max_len: ``(batch,)`` int32, most tokens a hypothesis may have before EOS.
+        normalized: ``step_fn`` returns log-probabilities, not logits.
     """
     batch = tf.shape(max_len)[0]
     limit = tf.reduce_max(max_len)
@@ -88,7 +98,7 @@ def greedy_search(
 
     def body(t, tokens, state, finished, scores, lengths, out_tokens, out_attn):
         logits, state, attention = step_fn(tokens, state)
-        logp = _log_probs(logits)
+        logp = _step_log_probs(logits, normalized)
         at_limit = t >= max_len
         vocab = tf.shape(logp)[1]
         eos_only = tf.where(tf.range(vocab) == eos_id, 0.0, NEG_INF)[tf.newaxis]
@@ -135,6 +145,7 @@ def beam_search(
     n_best: int = 1,
     return_attention: bool = False,
     constant_keys: Sequence[str] = (),
+    normalized: bool = False,
 ) -> SearchResult:
     """Beam search with GNMT length penalty ``alpha``; returns the ``n_best`` best
     hypotheses per sentence, sorted by score (best first).
@@ -143,6 +154,7 @@ def beam_search(
     steps (e.g. the encoder memory): they are tiled once and not reordered, which
     saves copying them at every step. Each step records its tokens and back-pointers;
     the hypotheses (and their attention) are read back once, after the loop.
+    ``normalized``: ``step_fn`` returns log-probabilities, not logits.
     """
     if not 1 <= n_best <= beam_size:
         raise ValueError(f"n_best must be in [1, beam_size={beam_size}], got {n_best}")
@@ -180,7 +192,7 @@ def beam_search(
     def body(t, tokens, state, log_probs, finished, lengths, history):
         logits, new_state, attention = step_fn(tokens, {**state, **constant})
         state = {key: new_state[key] for key in state} if constant else new_state
-        logp = tf.reshape(_log_probs(logits), [batch, k, -1])
+        logp = tf.reshape(_step_log_probs(logits, normalized), [batch, k, -1])
         vocab = tf.shape(logp)[2]
         eos_only = tf.where(tf.range(vocab) == eos_id, 0.0, NEG_INF)
         # finished beams and beams at their length limit may only emit EOS

@@ -18,10 +18,19 @@ import tensorflow as tf
 from translator.config import Config, DecodeConfig, load_config, with_decode_overrides
 from translator.corpus import normalize
 from translator.decoding import beam_search, greedy_search, max_lengths
+from translator.ensemble import Ensemble
 from translator.errors import UserError
 from translator.model import Seq2Seq, build_model
 from translator.prepare import RunPaths
-from translator.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizers
+from translator.tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    JOINT_FILE,
+    PAD_ID,
+    SRC_FILE,
+    TGT_FILE,
+    Tokenizers,
+)
 
 BEST_WEIGHTS = "best.weights.h5"
 
@@ -51,20 +60,63 @@ class Translation:
 class Translator:
     """Translate raw sentences with a trained :class:`Seq2Seq`."""
 
-    def __init__(self, model: Seq2Seq, tokenizers: Tokenizers, decode: DecodeConfig | None = None,
-                 max_len: int | None = None):
-        self.model = model
+    def __init__(self, model: Seq2Seq | Sequence[Seq2Seq], tokenizers: Tokenizers,
+                 decode: DecodeConfig | None = None, max_len: int | None = None):
+        # several models (sharing ``tokenizers``) decode as an ensemble; ``model`` is the first
+        self.models: list[Seq2Seq] = list(model) if isinstance(model, Sequence) else [model]
+        if not self.models:
+            raise ValueError("Translator needs at least one model")
+        self.model = self.models[0]
         self.tokenizers = tokenizers
         self.decode = decode or DecodeConfig()
         self.max_len = max_len  # train.max_len: longest source (subwords) seen in training
         self._searches: dict[tuple, Callable] = {}
 
     @classmethod
-    def load(cls, run_dir: str | Path, weights: str | Path | None = None,
+    def load(cls, run_dir: str | Path | Sequence[str | Path],
+             weights: str | Path | Sequence[str | Path | None] | None = None,
              overrides: Sequence[str] = ()) -> Translator:
         """Load from a run dir: ``config.yaml``, tokenizer and the best weights (or
         ``weights``: a path, or a file name in the run's ``checkpoints/``).
-        ``overrides`` (``"decode.key=value"``) change the run's decode settings."""
+        ``overrides`` (``"decode.key=value"``) change the run's decode settings.
+
+        A list of run dirs loads an ensemble (see :mod:`translator.ensemble`): their models
+        must share the tokenizer (the same SentencePiece model files, byte for byte) and
+        the language pair. The decode settings come from the first run's config (and
+        ``overrides``); ``max_len`` is the smallest of the members' ``train.max_len``.
+        ``weights`` is then None (each run's best weights) or one entry per run dir (a
+        path, a name in that run's ``checkpoints/``, or None). A list of one run dir is
+        the single model."""
+        if isinstance(run_dir, (str, Path)):
+            return cls._load_one(run_dir, weights, overrides)
+        runs = list(run_dir)
+        if not runs:
+            raise UserError("no run dir to load")
+        if weights is None:
+            member_weights: list = [None] * len(runs)
+        elif isinstance(weights, (str, Path)):
+            if len(runs) > 1:
+                raise UserError(f"weights {weights}: an ensemble of {len(runs)} run dirs needs "
+                                "one weights entry per run dir (a list; None = its best "
+                                "weights), or none at all")
+            member_weights = [weights]
+        else:
+            member_weights = list(weights)
+            if len(member_weights) != len(runs):
+                raise UserError(f"{len(member_weights)} weights entries for {len(runs)} run "
+                                "dirs: give one per run dir (None = its best weights)")
+        if len(runs) == 1:
+            return cls._load_one(runs[0], member_weights[0], overrides)
+        _check_ensemble_members(runs)
+        first = cls._load_one(runs[0], member_weights[0], overrides)
+        others = [cls._load_one(run, w) for run, w in zip(runs[1:], member_weights[1:], strict=True)]
+        max_lens = [t.max_len for t in (first, *others) if t.max_len is not None]
+        return cls([first.model, *(t.model for t in others)], first.tokenizers, first.decode,
+                   min(max_lens) if max_lens else None)
+
+    @classmethod
+    def _load_one(cls, run_dir: str | Path, weights: str | Path | None = None,
+                  overrides: Sequence[str] = ()) -> Translator:
         paths = RunPaths(Path(run_dir))
         if not paths.config.is_file():
             raise UserError(f"{run_dir}: not a run dir (no config.yaml); train one first")
@@ -97,13 +149,18 @@ class Translator:
             ) from None
         return cls(model, tokenizers, cfg.decode, cfg.train.max_len)
 
+    @property
+    def ensemble_size(self) -> int:
+        """How many models decode together (1: a single model)."""
+        return len(self.models)
+
     # ------------------------------------------------------------------ compiled searches
 
     def _search(self, beam_size: int, alpha: float, n_best: int, attention: bool) -> Callable:
         key = (beam_size, float(alpha), n_best, attention)
         if key not in self._searches:
             self._searches[key] = tf.function(
-                search_fn(self.model, self.decode, beam_size, alpha, n_best, attention),
+                search_fn(self.models, self.decode, beam_size, alpha, n_best, attention),
                 input_signature=[tf.TensorSpec([None, None], tf.int32)], reduce_retracing=True)
         return self._searches[key]
 
@@ -207,32 +264,78 @@ class Translator:
         return result
 
 
-def search_fn(model: Seq2Seq, decode: DecodeConfig, beam_size: int, alpha: float, n_best: int,
-              attention: bool) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
+def search_fn(model: Seq2Seq | Sequence[Seq2Seq], decode: DecodeConfig, beam_size: int,
+              alpha: float, n_best: int, attention: bool
+              ) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
     """The search both front doors compile: :class:`Translator` wraps it in a
     ``tf.function``, :mod:`translator.export` calls it inside its serving function.
 
     It maps source ids ``(batch, src_len)`` (EOS-terminated, 0-padded) to ``tokens``
     ``(batch, n_best, len)``, ``lengths`` and ``scores`` ``(batch, n_best)`` and, with
     ``attention``, ``attention`` ``(batch, n_best, len + 1, src_len)``. The output limit is
-    ``decode.max_ratio * source_length + decode.max_extra`` (see :func:`max_lengths`)."""
+    ``decode.max_ratio * source_length + decode.max_extra`` (see :func:`max_lengths`).
+    ``model`` may be a list of models sharing the target vocabulary: two or more decode as
+    an :class:`~translator.ensemble.Ensemble` (mean log-probabilities at every step)."""
     ratio, extra = decode.max_ratio, decode.max_extra
+    if isinstance(model, Sequence):
+        models = list(model)
+        if not models:
+            raise ValueError("search_fn needs at least one model")
+        decoder = models[0] if len(models) == 1 else Ensemble(models)
+    else:
+        decoder = model
+    normalized = isinstance(decoder, Ensemble)
+    constant = decoder.constant_keys if normalized else decoder.decoder.CONSTANT_STATE
 
     def search(source_ids):
-        state = model.encode(source_ids)
+        state = decoder.encode(source_ids)
         src_len = tf.reduce_sum(tf.cast(tf.not_equal(source_ids, PAD_ID), tf.int32), 1)
         limit = max_lengths(src_len, ratio, extra)
         if beam_size == 1:
-            r = greedy_search(model.step, state, limit, BOS_ID, EOS_ID, attention)
+            r = greedy_search(decoder.step, state, limit, BOS_ID, EOS_ID, attention,
+                              normalized=normalized)
         else:
-            r = beam_search(model.step, state, limit, BOS_ID, EOS_ID, beam_size, alpha, n_best,
-                            attention, constant_keys=model.decoder.CONSTANT_STATE)
+            r = beam_search(decoder.step, state, limit, BOS_ID, EOS_ID, beam_size, alpha, n_best,
+                            attention, constant_keys=constant, normalized=normalized)
         out = {"tokens": r.tokens, "lengths": r.lengths, "scores": r.scores}
         if attention:
             out["attention"] = r.attention
         return out
 
     return search
+
+
+def _tokenizer_files(run_dir: Path) -> tuple[str, tuple[bytes, ...]]:
+    """The names and bytes of a run's SentencePiece model file(s)."""
+    tokenizers = Tokenizers.load(run_dir)
+    if tokenizers.joint:
+        return JOINT_FILE, (tokenizers.src.proto,)
+    return f"{SRC_FILE} + {TGT_FILE}", (tokenizers.src.proto, tokenizers.tgt.proto)
+
+
+def _check_ensemble_members(runs: Sequence[str | Path]) -> None:
+    """Refuse (one line) members that do not share the first run's tokenizer files or
+    language pair: the search adds their log-probabilities token id by token id."""
+    def pair(run) -> tuple[str, str, tuple[str, tuple[bytes, ...]]]:
+        paths = RunPaths(Path(run))
+        if not paths.config.is_file():
+            raise UserError(f"{run}: not a run dir (no config.yaml); train one first")
+        data = load_config(paths.config).data
+        return data.src_lang, data.tgt_lang, _tokenizer_files(paths.root)
+
+    src, tgt, (names, files) = pair(runs[0])
+    for run in runs[1:]:
+        other_src, other_tgt, (other_names, other_files) = pair(run)
+        if (other_src, other_tgt) != (src, tgt):
+            raise UserError(f"{run}: translates {other_src}-{other_tgt} but {runs[0]} translates "
+                            f"{src}-{tgt}; the members of an ensemble must translate the same "
+                            "language pair")
+        if other_files != files:
+            raise UserError(
+                f"{run}: its tokenizer ({other_names}) differs from that of {runs[0]} "
+                f"({names}); the members of an ensemble must share the tokenizer byte for "
+                "byte: train them on the same data and tokenizer config (e.g. `translator "
+                "train CONFIG --set run_dir=runs/NAME-seed2 --set train.seed=2`)")
 
 
 def _stored_weight_count(path: Path) -> int:

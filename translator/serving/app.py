@@ -69,7 +69,8 @@ class ServeSettings:
 def saved_test_scores(run_dir: str | Path) -> dict[str, Any] | None:
     """The newest ``translator evaluate`` record of the test split saved as JSON in
     ``RUN_DIR/eval/`` or ``RUN_DIR/results/`` (e.g. ``translator evaluate RUN --split
-    test > RUN/eval/test.json``), or None."""
+    test > RUN/eval/test.json``), or None. Ensemble records (``translator evaluate RUN
+    --ensemble ...`` writes ``eval/test.ensemble.json``) are not the served model's: skipped."""
     found = []
     for folder in ("eval", "results"):
         for path in Path(run_dir, folder).glob("*.json"):
@@ -77,7 +78,8 @@ def saved_test_scores(run_dir: str | Path) -> dict[str, Any] | None:
                 record = json.loads(path.read_text(encoding="utf-8").strip().splitlines()[-1])
             except (OSError, ValueError, IndexError):
                 continue
-            if isinstance(record, dict) and record.get("split") == "test" and "bleu" in record:
+            if (isinstance(record, dict) and record.get("split") == "test" and "bleu" in record
+                    and "ensemble" not in record):  # an ensemble's score is not this model's
                 found.append((path.stat().st_mtime, path, record))
     if not found:
         return None
