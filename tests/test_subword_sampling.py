@@ -209,3 +209,37 @@ def test_second_seed_prepares_identically_on_real_data(tmp_path, run_cli):
         assert run_cli("prepare", REPO / "configs" / "tiny.yaml", "--data-root", SHARED_DATA,
                        "--set", f"run_dir={run}", "--set", f"train.seed={seed}")[0] == 0
     assert _prepared_files(runs[0]) == _prepared_files(runs[1])
+
+
+def test_run_dirs_prepared_before_the_keys_existed_still_match(tmp_path):
+    """A run dir whose config.yaml has no sample_* keys (prepared before the feature) is the
+    same preparation for a config with or without sampling: no re-prepare, no refusal."""
+    import yaml
+
+    from translator.prepare import ensure_prepared, prepare
+
+    src, tgt = toy_pairs(100, seed=4)
+    write_aligned(tmp_path / "data" / "toy", "train", src, tgt)
+    write_aligned(tmp_path / "data" / "toy", "dev", src[:5], tgt[:5])
+    raw = toy_config(tmp_path / "run")
+    prepare(load_config(write_config(tmp_path / "a.yaml", raw)), tmp_path / "data")
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text(encoding="utf-8"))
+    del saved["tokenizer"]["sample_alpha"], saved["tokenizer"]["sample_nbest"]
+    write_config(tmp_path / "run" / "config.yaml", saved)
+    model = (tmp_path / "run" / "spm.model").read_bytes()
+    for alpha in (0.0, 0.3):
+        cfg = load_config(tmp_path / "a.yaml", [f"tokenizer.sample_alpha={alpha}"])
+        ensure_prepared(cfg, tmp_path / "data")
+        assert (tmp_path / "run" / "spm.model").read_bytes() == model
+    changed = load_config(tmp_path / "a.yaml", ["tokenizer.vocab_size=50"])
+    with pytest.raises(Exception, match="tokenizer.vocab_size"):  # other keys still count
+        ensure_prepared(changed, tmp_path / "data")
+
+
+def test_cli_refuses_bad_sampling_in_one_line(tmp_path, run_cli):
+    cfg = write_config(tmp_path / "c.yaml", toy_config(tmp_path / "run"))
+    code, out, err = run_cli("train", cfg, "--data-root", tmp_path, "--set",
+                             "tokenizer.sample_alpha=2")
+    assert code == 2 and out == ""
+    assert err.strip().count("\n") == 0 and "tokenizer.sample_alpha=2.0 is out of range" in err
+    assert "Traceback" not in err
