@@ -84,3 +84,31 @@ def test_training_and_translation_encode_every_line_identically(run_cli, tmp_pat
     assert not differ, [pairs.src[i] for i in differ[:5]]
     assert all(ids[-1] == EOS_ID for ids in for_translation)
     assert np.mean([len(ids) for ids in for_translation]) > 5
+
+
+def test_spa_eng_en_es_is_spa_eng_reversed(run_cli, tmp_path):
+    """configs/spa-eng-en-es.yaml reads the same fixed split, English as the source."""
+    import yaml
+
+    forward = yaml.safe_load((REPO / "configs" / "spa-eng.yaml").read_text(encoding="utf-8"))
+    reverse = yaml.safe_load((REPO / "configs" / "spa-eng-en-es.yaml").read_text(encoding="utf-8"))
+    assert (reverse["data"]["src_lang"], reverse["data"]["tgt_lang"]) == ("en", "es")
+    for section in ("data", "tokenizer", "model", "train", "decode"):
+        swapped = dict(forward[section])
+        if section == "data":
+            swapped.update(src_lang=forward["data"]["tgt_lang"],
+                           tgt_lang=forward["data"]["src_lang"])
+        assert reverse[section] == swapped, section
+    run = tmp_path / "run"
+    code, _, err = run_cli("-q", "prepare", REPO / "configs" / "spa-eng-en-es.yaml",
+                           "--data-root", SHARED_DATA, "--set", f"run_dir={run}",
+                           "--set", "data.max_pairs=3000", "--set", "tokenizer.vocab_size=1000")
+    assert code == 0, err
+    for split in ("dev", "test"):
+        assert (run / "corpus" / f"{split}.src").read_text(encoding="utf-8") == (
+            SHARED_DATA / "spa-eng" / f"{split}.en").read_text(encoding="utf-8")
+        assert (run / "corpus" / f"{split}.tgt").read_text(encoding="utf-8") == (
+            SHARED_DATA / "spa-eng" / f"{split}.es").read_text(encoding="utf-8")
+    stats = json.loads((run / "prepare.json").read_text())
+    assert stats["pairs"] == {"train": 3000 - sum(stats["dropped"].values()),
+                              "dev": 2470, "test": 2350}

@@ -76,7 +76,18 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TokenizerConfig:
-    """SentencePiece settings. ``joint`` shares one model between both languages."""
+    """SentencePiece settings. ``joint`` shares one model between both languages.
+
+    ``sample_alpha`` > 0 turns on subword regularization for training only: every epoch
+    segments each training sentence anew by sampling (dev, test, translate and export stay
+    deterministic). A unigram model samples from its lattice: ``sample_nbest`` -1 samples
+    from all segmentations, ``n >= 2`` from the ``n`` best, and ``sample_alpha`` is the
+    smoothing exponent (small = closer to uniform). A BPE model does BPE-dropout:
+    ``sample_alpha`` is the probability of dropping a merge and ``sample_nbest`` only has to
+    be -1 or >= 2 (sentencepiece's semantics). ``sample_nbest`` 0 or 1 means "no sampling"
+    in sentencepiece, so it is refused together with ``sample_alpha`` > 0.
+    These two keys change no prepared file: prepare ignores them and a resume may change them.
+    """
 
     type: Literal["unigram", "bpe"] = "unigram"
     joint: bool = True
@@ -86,9 +97,23 @@ class TokenizerConfig:
     character_coverage: float = 1.0
     max_sentences: int = 1_000_000
     seed: int = 1234
+    sample_alpha: float = 0.0
+    sample_nbest: int = -1
 
     def __post_init__(self) -> None:
         _range("tokenizer.vocab_size", self.vocab_size, 8, None)
+        _range("tokenizer.sample_alpha", self.sample_alpha, 0.0, 1.0)
+        if self.sample_nbest < -1:
+            raise ConfigError(
+                f"tokenizer.sample_nbest={self.sample_nbest} is out of range; use -1 (sample "
+                "from all segmentations) or a number of best segmentations >= 2"
+            )
+        if self.sample_alpha > 0 and self.sample_nbest in (0, 1):
+            raise ConfigError(
+                f"tokenizer.sample_nbest={self.sample_nbest} turns sampling off (sentencepiece "
+                f"keeps the best segmentation) although tokenizer.sample_alpha="
+                f"{self.sample_alpha} > 0; use -1 (all segmentations) or >= 2, or alpha 0"
+            )
         for key in ("src_vocab_size", "tgt_vocab_size"):
             value = getattr(self, key)
             if value is not None:
@@ -378,6 +403,12 @@ def config_from_dict(raw: Any, overrides: list[str] | tuple[str, ...] = ()) -> C
              f"a directory for the run's files (empty would write into the current directory; "
              f"the default is {DEFAULT_RUN_DIR})")
     sections = {name: _build_section(name, cls, merged.get(name)) for name, cls in SECTIONS.items()}
+    if sections["tokenizer"].sample_alpha > 0 and sections["train"].jit_compile:
+        raise ConfigError(
+            f"tokenizer.sample_alpha={sections['tokenizer'].sample_alpha} needs "
+            "train.jit_compile: false (XLA pads every batch to its length bucket's bound, "
+            "which a sampled segmentation can exceed); set one of them off"
+        )
     return Config(run_dir=run_dir, **sections)
 
 

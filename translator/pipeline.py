@@ -5,6 +5,19 @@ Sentences are encoded once, in Python, by :meth:`Tokenizer.encode`: the same cod
 encodes sources for translation, so training and decoding always see the same ids
 (tensorflow-text's SentencePiece op breaks some ties differently, e.g. on digit runs).
 
+Subword regularization (``tokenizer.sample_alpha`` > 0, training only): a
+:class:`SubwordSampler` segments each training sentence anew every time the pipeline
+reads it, in the graph (``tensorflow_text.SentencepieceTokenizer`` with ``nbest_size`` and
+``alpha``, a stateful op, so every epoch draws new segmentations). What stays fixed is
+what the deterministic ids say: which pairs :func:`filter_by_length` keeps, and the length
+each pair is bucketed by, so the batch count per epoch (:func:`count_batches`), the
+progress bar and the LR schedule are exactly those of ``sample_alpha: 0``. A batch is
+padded to its longest *sampled* sentence, so it holds more tokens than ``batch_tokens``
+by about the sampling's length inflation. A sampled side longer than ``max_len`` is
+replaced by that sentence's deterministic ids (never dropped, never truncated) and
+counted in :attr:`SubwordSampler.fallbacks`. With ``sample_alpha: 0`` none of this runs:
+the ids are those of :meth:`Tokenizer.encode`, as without the feature.
+
 Each element is ``({"source_ids": (batch, src_len), "target_in": (batch, tgt_len)},
 target_out (batch, tgt_len), sample_weight (batch, tgt_len))`` with int32 ids,
 ``target_in = [BOS] + y``, ``target_out = y + [EOS]`` and ``sample_weight = 1.0`` on
@@ -23,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from translator.corpus import Pairs
-from translator.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizers
+from translator.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, Tokenizers
 
 
 def source_length(n_subwords: int) -> int:
@@ -37,6 +50,9 @@ class Encoded:
 
     src: list[list[int]]
     tgt: list[list[int]]
+    #: the sentences themselves, for :class:`SubwordSampler` (``src_text[i]`` gave ``src[i]``)
+    src_text: list[str] | None = None
+    tgt_text: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.src)
@@ -56,14 +72,58 @@ def filter_by_length(pairs: Pairs, tokenizers: Tokenizers, max_len: int) -> Filt
     subwords."""
     src_ids = tokenizers.src.encode(pairs.src)
     tgt_ids = tokenizers.tgt.encode(pairs.tgt)
-    keep_src, keep_tgt, lengths, tokens = [], [], [], 0
-    for si, ti in zip(src_ids, tgt_ids, strict=True):
+    keep_src, keep_tgt, keep_src_text, keep_tgt_text, lengths, tokens = [], [], [], [], [], 0
+    for si, ti, s, t in zip(src_ids, tgt_ids, pairs.src, pairs.tgt, strict=True):
         if len(si) <= max_len and len(ti) <= max_len:
             keep_src.append(si)
             keep_tgt.append(ti)
+            keep_src_text.append(s)
+            keep_tgt_text.append(t)
             lengths.append(max(len(si), len(ti)) + 1)  # + EOS on the source, + BOS on target_in
             tokens += len(ti) + 1
-    return Filtered(Encoded(keep_src, keep_tgt), len(pairs) - len(keep_src), tokens, lengths)
+    kept = Encoded(keep_src, keep_tgt, keep_src_text, keep_tgt_text)
+    return Filtered(kept, len(pairs) - len(keep_src), tokens, lengths)
+
+
+class SubwordSampler:
+    """Samples a new segmentation of each training sentence at every call, in the graph.
+
+    ``alpha`` and ``nbest`` have sentencepiece's meaning (``tokenizer.sample_alpha`` /
+    ``tokenizer.sample_nbest``): lattice sampling for a unigram model, BPE-dropout with
+    probability ``alpha`` for a BPE model. The random generator is sentencepiece's own,
+    seeded by the operating system, not by ``train.seed``: sampled runs do not repeat bit
+    for bit. :attr:`fallbacks` counts the sampled sides longer than ``max_len`` that were
+    replaced by their deterministic ids.
+    """
+
+    def __init__(self, tokenizers: Tokenizers, *, alpha: float, nbest: int, max_len: int):
+        import tensorflow_text as tf_text  # registers the SentencePiece ops
+
+        def op(tok: Tokenizer):
+            return tf_text.SentencepieceTokenizer(
+                model=tok.proto, out_type=tf.int32, nbest_size=nbest, alpha=alpha,
+                add_bos=False, add_eos=False)
+
+        self.alpha, self.nbest, self.max_len = alpha, nbest, max_len
+        self._src = op(tokenizers.src)
+        self._tgt = self._src if tokenizers.joint else op(tokenizers.tgt)
+        self.fallbacks = tf.Variable(0, dtype=tf.int64, trainable=False, name="sample_fallbacks")
+
+    def sample(self, text: tf.Tensor, deterministic: tf.Tensor, side: str = "src") -> tf.Tensor:
+        """One sampled segmentation of the scalar string ``text``, ``(len,)`` int32;
+        ``deterministic`` (its :meth:`Tokenizer.encode` ids) if the sample is too long."""
+        tok = self._src if side == "src" else self._tgt
+        sampled = tok.tokenize(text)
+        over = tf.shape(sampled)[0] > self.max_len
+        self.fallbacks.assign_add(tf.cast(over, tf.int64))
+        return tf.cond(over, lambda: deterministic, lambda: sampled)
+
+    def take_fallbacks(self) -> int:
+        """The fallbacks counted since the last call (subtracted, so that those of
+        batches read ahead meanwhile are not lost)."""
+        n = int(self.fallbacks.read_value().numpy())
+        self.fallbacks.assign_sub(n)
+        return n
 
 
 def bucket_boundaries(max_len: int) -> list[int]:
@@ -135,6 +195,7 @@ def make_dataset(
     fixed_batch_size: int = 64,
     pad_to_bucket_boundary: bool = False,
     lengths: Sequence[int] | None = None,
+    sampler: SubwordSampler | None = None,
 ) -> tf.data.Dataset:
     """Batches for training or evaluation from pairs of ids that
     :func:`filter_by_length` kept (none longer than ``max_len``).
@@ -146,24 +207,55 @@ def make_dataset(
     (:func:`count_batches`), which Keras uses for its progress bar and the LR schedule
     for its decay; the count is checked as the data flows. With ``shuffle`` and
     ``bucketing`` the batches are shuffled too (``batch_shuffle_buffer`` batches).
+
+    With a ``sampler`` (training with subword regularization; ``ids`` must carry the
+    texts) each sentence is segmented anew by sampling every time it is read, and the
+    bucketing goes by the deterministic length, so the batch count is unchanged (see
+    the module docstring).
     """
     longest = max((len(x) for x in itertools.chain(ids.src, ids.tgt)), default=0)
     if longest > max_len:
         raise ValueError(f"a sentence has {longest} subwords, more than max_len={max_len}; "
                          "filter the pairs with filter_by_length first")
-    ds = tf.data.Dataset.from_tensor_slices((_ragged(ids.src), _ragged(ids.tgt)))
-    ds = ds.map(_add_specials).cache()
+    if sampler is None:
+        ds = tf.data.Dataset.from_tensor_slices((_ragged(ids.src), _ragged(ids.tgt)))
+        ds = ds.map(_add_specials).cache()
+        padding: tuple = (PAD_ID, PAD_ID, PAD_ID)
+
+        def length(s, ti, to):
+            return tf.maximum(tf.shape(s)[0], tf.shape(ti)[0])
+    else:
+        if ids.src_text is None or ids.tgt_text is None:
+            raise ValueError("sampling needs the texts: pass the ids filter_by_length kept")
+        if pad_to_bucket_boundary:
+            raise ValueError("a sampled segmentation can exceed its bucket's bound: "
+                             "pad_to_bucket_boundary does not go with a sampler")
+        ds = tf.data.Dataset.from_tensor_slices((
+            tf.constant(ids.src_text, tf.string), tf.constant(ids.tgt_text, tf.string),
+            _ragged(ids.src), _ragged(ids.tgt)))
+        padding = (PAD_ID, PAD_ID, PAD_ID, 0)
+
+        def length(s, ti, to, n):
+            return n
     if shuffle:
         ds = ds.shuffle(min(shuffle_buffer, max(1, len(ids))), seed=seed,
                         reshuffle_each_iteration=True)
+    if sampler is not None:
+        def sample(src_text, tgt_text, src_ids, tgt_ids):
+            n = tf.maximum(tf.shape(src_ids)[0], tf.shape(tgt_ids)[0]) + 1  # as lengths
+            s = sampler.sample(src_text, src_ids, "src")
+            t = sampler.sample(tgt_text, tgt_ids, "tgt")
+            return (*_add_specials(s, t), n)
+
+        ds = ds.map(sample, num_parallel_calls=tf.data.AUTOTUNE)
     if bucketing:
         bounds = bucket_boundaries(max_len)
         ds = ds.bucket_by_sequence_length(
-            element_length_func=lambda s, ti, to: tf.maximum(tf.shape(s)[0], tf.shape(ti)[0]),
+            element_length_func=length,
             bucket_boundaries=bounds,
             bucket_batch_sizes=bucket_batch_sizes(bounds, batch_tokens),
             pad_to_bucket_boundary=pad_to_bucket_boundary,
-            padding_values=(PAD_ID, PAD_ID, PAD_ID),
+            padding_values=padding,
         )
         if shuffle:
             # Bucketing flushes its partial (often tiny) batches at the end of every
@@ -172,7 +264,9 @@ def make_dataset(
             ds = ds.shuffle(batch_shuffle_buffer, seed=seed + 1,
                             reshuffle_each_iteration=True)
     else:
-        ds = ds.padded_batch(fixed_batch_size, padding_values=(PAD_ID, PAD_ID, PAD_ID))
+        ds = ds.padded_batch(fixed_batch_size, padding_values=padding)
+    if sampler is not None:
+        ds = ds.map(lambda s, ti, to, n: (s, ti, to))
     if lengths is not None:
         ds = ds.apply(tf.data.experimental.assert_cardinality(count_batches(
             lengths, max_len=max_len, batch_tokens=batch_tokens, bucketing=bucketing,

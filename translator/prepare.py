@@ -135,12 +135,22 @@ def _unk_rate(ids: list[list[int]]) -> float:
     return round(100.0 * unk / max(1, total), 3)
 
 
+#: ``tokenizer.*`` keys that only shape training batches, not the prepared files: a run
+#: dir prepared with other values (or before they existed) is the same preparation.
+TRAINING_ONLY_TOKENIZER_KEYS = ("sample_alpha", "sample_nbest")
+
+
 def check_same_setup(paths: RunPaths, cfg: Config) -> None:
-    """Refuse to mix a run dir with a config whose data/tokenizer/model differ."""
+    """Refuse to mix a run dir with a config whose data/tokenizer/model differ
+    (:data:`TRAINING_ONLY_TOKENIZER_KEYS` aside)."""
     import yaml
 
     old = yaml.safe_load(paths.config.read_text(encoding="utf-8")) or {}
     new = config_to_dict(cfg)
+    for key in TRAINING_ONLY_TOKENIZER_KEYS:
+        if isinstance(old.get("tokenizer"), dict):
+            old["tokenizer"].pop(key, None)
+        new["tokenizer"].pop(key, None)
     for section in ("data", "tokenizer", "model"):
         if old.get(section) != new[section]:
             changed = sorted(

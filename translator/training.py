@@ -50,7 +50,7 @@ from translator.errors import Interrupted, RunError, UserError
 from translator.fileio import write_json_atomic, write_text_atomic
 from translator.metrics import bleu, bleu_tokenizer
 from translator.model import Seq2Seq, build_model
-from translator.pipeline import filter_by_length, make_dataset
+from translator.pipeline import SubwordSampler, filter_by_length, make_dataset
 from translator.prepare import RunPaths, ensure_prepared, read_prepared_split
 from translator.tokenizer import Tokenizers
 from translator.translator import BEST_WEIGHTS, Translator
@@ -162,8 +162,9 @@ class EpochEnd(keras.callbacks.Callback):
     def __init__(self, paths: RunPaths, cfg: Config, translator: Translator, dev: Pairs | None,
                  target_tokens: int, state: dict[str, Any], report: Callable[[str], None],
                  on_record: Callable[[dict[str, Any]], None], steps: int,
-                 progress: Progress | None = None):
+                 progress: Progress | None = None, sampler: SubwordSampler | None = None):
         super().__init__()
+        self.sampler = sampler
         self.on_record = on_record
         self.steps = steps
         self.progress = progress
@@ -243,6 +244,8 @@ class EpochEnd(keras.callbacks.Callback):
             "tgt_tokens_per_sec": round(self.target_tokens / max(train_seconds, 1e-9), 1),
             "optimizer_steps": int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)),
         }
+        if self.sampler is not None:  # sampled sides too long: deterministic ids instead
+            record["sampled_over_max_len"] = self.sampler.take_fallbacks()
         st = self.state
         archive = keras_archive(self.model)  # the epoch's checkpoint, built in memory once
         improved = dev_bleu is not None and dev_bleu > st.get("best_bleu", -1.0)
@@ -681,11 +684,18 @@ def _train(cfg: Config, data_root: Path, report: Callable[[str], None],
         dev_ds = make_dataset(dev_ids, max_len=tc.max_len,
                               batch_tokens=tc.batch_tokens, shuffle=False,
                               pad_to_bucket_boundary=tc.jit_compile, lengths=dev_lengths)
+    sampler = None
+    if cfg.tokenizer.sample_alpha > 0:
+        sampler = SubwordSampler(tokenizers, alpha=cfg.tokenizer.sample_alpha,
+                                 nbest=cfg.tokenizer.sample_nbest, max_len=tc.max_len)
+        report(f"subword regularization: training sentences are segmented anew every epoch "
+               f"(tokenizer.sample_alpha={cfg.tokenizer.sample_alpha:g}, "
+               f"sample_nbest={cfg.tokenizer.sample_nbest}); dev and decoding stay deterministic")
     train_ds = make_dataset(
         train_ids, max_len=tc.max_len, batch_tokens=tc.batch_tokens,
         shuffle=True, seed=seed, shuffle_buffer=tc.shuffle_buffer, bucketing=tc.bucketing,
         fixed_batch_size=tc.fixed_batch_size, pad_to_bucket_boundary=tc.jit_compile,
-        lengths=lengths,
+        lengths=lengths, sampler=sampler,
     )
     steps_per_epoch = int(train_ds.cardinality())
     if model is not None:
@@ -717,7 +727,7 @@ def _train(cfg: Config, data_root: Path, report: Callable[[str], None],
         write_text_atomic(paths.config, dump_config(cfg))  # what this run uses from now on
         translator = Translator(model, tokenizers, cfg.decode)
         callback = EpochEnd(paths, cfg, translator, dev, target_tokens, state, report,
-                            on_record, steps_per_epoch, progress)
+                            on_record, steps_per_epoch, progress, sampler)
         try:
             # shuffle=False: the tf.data pipeline shuffles itself, seeded
             model.fit(train_ds, validation_data=dev_ds, epochs=tc.epochs, shuffle=False,
