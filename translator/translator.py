@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -87,14 +88,16 @@ class Translator:
         ``weights`` is then None (each run's best weights) or one entry per run dir (a
         path, a name in that run's ``checkpoints/``, or None). A list of one run dir is
         the single model."""
-        if isinstance(run_dir, (str, Path)):
-            return cls._load_one(run_dir, weights, overrides)
+        if isinstance(run_dir, (str, os.PathLike)):
+            if weights is None or isinstance(weights, (str, os.PathLike)):
+                return cls._load_one(run_dir, weights, overrides)
+            run_dir = [run_dir]  # a list of weights: checked against one run dir below
         runs = list(run_dir)
         if not runs:
             raise UserError("no run dir to load")
         if weights is None:
             member_weights: list = [None] * len(runs)
-        elif isinstance(weights, (str, Path)):
+        elif isinstance(weights, (str, os.PathLike)):
             if len(runs) > 1:
                 raise UserError(f"weights {weights}: an ensemble of {len(runs)} run dirs needs "
                                 "one weights entry per run dir (a list; None = its best "
