@@ -67,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="TF_NUM_INTRAOP_THREADS per worker (default 1)")
     p.add_argument("--gpus", action="store_true", help="let the workers see the GPUs")
     p.add_argument("--python", default=sys.executable)
-    p.add_argument("--grace", type=float, default=10.0,
-                   help="seconds between SIGTERM and SIGKILL when stopping the others")
+    p.add_argument("--grace", type=float, default=5.0,
+                   help="seconds between SIGTERM and SIGKILL when stopping the others (TensorFlow's "
+                   "coordination service catches SIGTERM)")
     args = p.parse_args(argv)
     if args.workers < 1:
         p.error("--workers must be >= 1")

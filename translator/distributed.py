@@ -170,13 +170,51 @@ def resolve_distribute(setting: str, environ: Any = os.environ) -> str:
     return setting
 
 
-def _reachable(address: str, timeout: float = 2.0) -> bool:
+def _reachable(address: str, timeout: float = 1.0) -> bool:
     host, _, port = address.rpartition(":")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             return True
     except OSError:
         return False
+
+
+def wait_for_workers(cluster: Cluster, timeout: float) -> None:
+    """Wait until every other worker answers on its address, up to ``timeout`` seconds, then
+    :class:`UserError` naming those that did not.
+
+    TensorFlow's own start-up waits for the cluster without a deadline (and ignores SIGTERM
+    while it waits), so a missing or mistyped worker would hang every other one. Meanwhile
+    this worker listens on its own address (until the strategy's server takes it over), so
+    the others see it, whichever starts first."""
+    host, _, port = cluster.addresses[cluster.index].rpartition(":")
+    listener = None
+    try:
+        listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host.strip("[]"), int(port)))
+        listener.listen(64)
+    except OSError as exc:
+        if listener is not None:
+            listener.close()
+        raise UserError(f"{TF_CONFIG_ENV}: worker {cluster.task} cannot listen on "
+                        f"{cluster.addresses[cluster.index]} ({exc.strerror or exc}); is the "
+                        "port taken, or the address not this machine's?") from None
+    try:
+        waiting = list(cluster.others)
+        deadline = time.monotonic() + timeout
+        while waiting:
+            waiting = [a for a in waiting if not _reachable(a)]
+            if waiting and time.monotonic() >= deadline:
+                raise UserError(
+                    f"{TF_CONFIG_ENV}: worker {cluster.task} waited {timeout:g} s "
+                    f"(train.distribute_timeout) and nothing answers at {', '.join(waiting)}; "
+                    "start `translator train` with the same config on every worker of "
+                    "TF_CONFIG, or fix the addresses")
+            if waiting:
+                time.sleep(0.2)
+    finally:
+        listener.close()
 
 
 def make_strategy(mode: str, cluster: Cluster | None, timeout: float) -> tf.distribute.Strategy:
@@ -189,7 +227,8 @@ def make_strategy(mode: str, cluster: Cluster | None, timeout: float) -> tf.dist
     assert cluster is not None
     from tensorflow.python.distribute import collective_all_reduce_strategy as cars
 
-    # The constructor waits for every worker (a barrier all-reduce); its timeout is this
+    wait_for_workers(cluster, timeout)
+    # The constructor then waits for every worker (a barrier all-reduce); its timeout is this
     # class attribute, 0 (wait forever) by default, and no public argument sets it.
     cars.CollectiveAllReduceExtended._check_health_initial_timeout = max(1, math.ceil(timeout))
     impl = (tf.distribute.experimental.CommunicationImplementation.NCCL if gpus
@@ -214,18 +253,22 @@ def make_strategy(mode: str, cluster: Cluster | None, timeout: float) -> tf.dist
 
 @functools.cache
 def _all_gather(strategy: tf.distribute.Strategy) -> Callable:
-    @tf.function(reduce_retracing=True)
-    def gather(value):
-        return strategy.run(
-            lambda v: tf.distribute.get_replica_context().all_gather(v, axis=0), args=(value,))
+    # an all-reduce of one-hot placed rows: MWMS's all_gather inside a tf.function fails
+    # ("destinations can not be empty"), and eager strategy.run is slow and warns
+    replicas = strategy.num_replicas_in_sync
 
-    return gather
+    def fn(value):
+        ctx = tf.distribute.get_replica_context()
+        place = tf.one_hot(ctx.replica_id_in_sync_group, replicas, dtype=tf.float64)
+        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, place[:, None] * value)
+
+    return tf.function(lambda value: strategy.run(fn, args=(value,)), reduce_retracing=True)
 
 
 def gather_rows(strategy: tf.distribute.Strategy, row: Sequence[float]) -> np.ndarray:
     """Every replica's copy of this worker's ``row`` (float64), one row per replica, as
-    every worker sees them (an all-gather)."""
-    out = _all_gather(strategy)(tf.constant([list(row)], tf.float64))
+    every worker sees them."""
+    out = _all_gather(strategy)(tf.constant(list(row), tf.float64))
     return strategy.experimental_local_results(out)[0].numpy()
 
 
