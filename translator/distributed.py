@@ -268,8 +268,13 @@ def _all_gather(strategy: tf.distribute.Strategy) -> Callable:
 def gather_rows(strategy: tf.distribute.Strategy, row: Sequence[float]) -> np.ndarray:
     """Every replica's copy of this worker's ``row`` (float64), one row per replica, as
     every worker sees them."""
-    out = _all_gather(strategy)(tf.constant(list(row), tf.float64))
-    return strategy.experimental_local_results(out)[0].numpy()
+    values = np.asarray(row, np.float64)
+    nan = np.isnan(values)  # NaN * 0 is NaN: send NaNs as flags
+    sent = np.concatenate([np.where(nan, 0.0, values), nan.astype(np.float64)])
+    out = _all_gather(strategy)(tf.constant(sent, tf.float64))
+    rows = strategy.experimental_local_results(out)[0].numpy()
+    k = len(values)
+    return np.where(rows[:, k:] > 0, np.nan, rows[:, :k])
 
 
 def from_chief(strategy: tf.distribute.Strategy, chief: bool, row: Sequence[float]) -> np.ndarray:
@@ -299,11 +304,14 @@ def broadcast_variables(strategy: tf.distribute.Strategy, chief: bool,
 
 
 def weights_digest(variables: Sequence[Any]) -> str:
-    """sha256 over the name and bytes of every variable: equal on workers in sync."""
+    """sha256 over the shape and bytes of every variable, in order: equal on workers in sync.
+    (Not the names: a chief that loaded a checkpoint has built one model more, so Keras
+    numbers its layers differently.)"""
     h = hashlib.sha256()
     for v in variables:
-        h.update(str(getattr(v, "path", v.name)).encode())
-        h.update(np.ascontiguousarray(keras.ops.convert_to_numpy(v)).tobytes())
+        value = np.ascontiguousarray(keras.ops.convert_to_numpy(v))
+        h.update(f"{value.dtype}{value.shape}".encode())
+        h.update(value.tobytes())
     return h.hexdigest()
 
 
@@ -579,6 +587,7 @@ def _train(cfg: Config, data_root: Path, strategy: tf.distribute.Strategy, mode:
             raise RunError(f"{cfg.run_dir}: training diverged: {callback.diverged}; nothing of "
                            "that epoch was saved; re-run the same command to resume from the "
                            "last good checkpoint, or lower train.learning_rate")
+    gather_rows(strategy, [0.0])  # a barrier: the chief's server stays up until all are done
     summary["weights_sha256"] = weights_digest([*model.weights, *model.optimizer.variables])
     return {"run_dir": str(paths.root), "parameters": model.count_params(), "seed": seed,
             "epochs": tc.epochs, **summary, **state}

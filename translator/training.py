@@ -19,6 +19,10 @@ leaves the previous file and ``state.json`` as they were (the next ``train`` rem
 leftovers); a failed write is one line (:class:`CheckpointWriteError`). A resume whose
 newest checkpoint does not load falls back to the previous kept one, with a warning.
 Checkpoints load with ``safe_mode=True``: one that holds Python code is refused.
+
+Several processes or GPUs (``train.distribute``): :func:`train` hands over to
+:mod:`translator.distributed`, which reuses this module's loss, optimizer, :class:`EpochEnd`
+and checkpoint files around a ``tf.distribute`` loop of its own.
 """
 
 from __future__ import annotations
