@@ -12,7 +12,20 @@ every shape in the timed set, since XLA compiles once per shape, and the compile
 is reported as ``warmup_seconds``), then is timed over ``--sentences`` sentences.
 Reported: target tokens/s (real tokens, no padding),
 peak RSS, analytic model FLOPs per target token (training = 3x forward) and the share
-of this CPU's fp32 peak (``--peak-gflops``; 2 cores AVX2+FMA ~ 157).
+of this machine's fp32 matmul peak, measured first in the same run (the best of several
+2048 x 2048 ``tf.matmul``, as scripts/bench_translate.py does; ``--peak-gflops`` overrides).
+
+With ``--workers N`` it compares, on the same prepared data (``--sentences`` pairs,
+``data.max_pairs``), 2 epochs of ``translator train`` each, timed on epoch 2 (epoch 1
+traces): 1 worker with N intra-op threads (plain Keras fit), 1 worker with 1 thread, and N
+workers with 1 thread each (MultiWorkerMirroredStrategy on 127.0.0.1, through
+scripts/launch_local_cluster.py). It reports target tokens/s of each, the scaling
+efficiency (N workers x 1 thread over 1 worker x N threads: the same cores), the time a
+distributed step takes beyond a 1-thread step of the same local batch (communication and
+waiting), and the bytes all-reduced per step.
+
+    python scripts/bench_train.py configs/spa-eng.yaml --data-root ../shared/data \
+        --workers 2 --sentences 20000
 """
 
 from __future__ import annotations
@@ -38,8 +51,21 @@ def main() -> int:
     p.add_argument("--sentences", type=int, default=4000)
     p.add_argument("--warmup", type=int, default=8)
     p.add_argument("--xla", action="store_true", help="also time the default pipeline with XLA")
-    p.add_argument("--peak-gflops", type=float, default=157.0)
+    p.add_argument("--peak-gflops", type=float, default=None,
+                   help="the fp32 peak to compare with (default: measured now)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="compare N worker processes x 1 thread with 1 worker x N threads")
     args = p.parse_args()
+    if args.peak_gflops is None:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from bench_translate import matmul_peak_gflops
+
+        args.peak_gflops = matmul_peak_gflops()
+        print(json.dumps({"bench": "matmul", "size": 2048, "dtype": "float32",
+                          "matmul_peak_gflops": round(args.peak_gflops, 1),
+                          "cores": os.cpu_count()}), flush=True)
+    if args.workers is not None:
+        return bench_workers(args)
 
     import keras
     import numpy as np
@@ -110,11 +136,101 @@ def main() -> int:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "train_flops_per_tgt_token": round(3 * fwd),
             "gflops_per_sec": round(3 * fwd * tps / 1e9, 2),
+            "matmul_peak_gflops": round(args.peak_gflops, 1),
             "percent_of_peak": round(100 * 3 * fwd * tps / 1e9 / args.peak_gflops, 2),
             "parameters": model.count_params(),
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "tensorflow": tf.__version__, "keras": keras.__version__,
         }), flush=True)
+    return 0
+
+
+def _epoch2(run_dir: str) -> dict:
+    lines = open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8").read().splitlines()
+    first, second = (json.loads(x) for x in lines[:2])
+    second["steps"] = second["optimizer_steps"] - first["optimizer_steps"]
+    return second
+
+
+def bench_workers(args) -> int:
+    """1 worker x N threads vs 1 x 1 vs N workers x 1 thread, on the same prepared data."""
+    import shutil
+    import subprocess
+
+    import numpy as np
+
+    from translator.config import load_config
+    from translator.corpus import resolve_data_root
+    from translator.model import build_model
+    from translator.prepare import ensure_prepared
+    from translator.tokenizer import Tokenizers
+
+    n = args.workers
+    tmp = tempfile.mkdtemp(prefix="bench-workers-")
+    sets = [*args.overrides, f"data.max_pairs={args.sentences}", "train.epochs=2",
+            "train.dev_bleu_sentences=1", "train.patience=10"]
+    root = resolve_data_root(args.data_root)
+    cfg = load_config(args.config, [*sets, f"run_dir={tmp}/prepared"])
+    paths = ensure_prepared(cfg, root)
+    toks = Tokenizers.load(paths.root)
+    model = build_model(cfg.model, toks.src.vocab_size, toks.tgt.vocab_size)
+    trainable = int(sum(np.prod(v.shape) for v in model.trainable_weights))
+    embeddings = int(sum(np.prod(v.shape) for v in model.trainable_weights
+                         if "embedding" in v.path))
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="-1", TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TF_CONFIG", None)
+    here = os.path.dirname(os.path.abspath(__file__))
+    results = {}
+    for name, workers, threads in ((f"1x{n}", 1, n), ("1x1", 1, 1), (f"{n}x1", n, 1)):
+        run = f"{tmp}/{name}"
+        shutil.copytree(paths.root, run)
+        train_args = ["--data-root", str(root), "-q", "--json",
+                      *[a for x in [*sets, f"run_dir={run}"] for a in ("--set", x)]]
+        if workers == 1:
+            cmd = [sys.executable, "-m", "translator", "train", args.config, *train_args,
+                   "--set", "train.distribute=none"]
+            proc_env = dict(env, TF_NUM_INTRAOP_THREADS=str(threads),
+                            TF_NUM_INTEROP_THREADS=str(threads))
+        else:
+            cmd = [sys.executable, os.path.join(here, "launch_local_cluster.py"), args.config,
+                   "--workers", str(workers), "--intra-op-threads", str(threads), "--",
+                   *train_args]
+            proc_env = env
+        start = time.perf_counter()
+        done = subprocess.run(cmd, env=proc_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+        if done.returncode != 0:
+            print(done.stdout[-4000:], file=sys.stderr)
+            return done.returncode
+        rec = _epoch2(run)
+        rec["wall_seconds"] = round(time.perf_counter() - start, 1)
+        results[name] = rec
+    base, one, dist = results[f"1x{n}"], results["1x1"], results[f"{n}x1"]
+    step_ms = {k: 1000 * r["train_seconds"] / max(1, r["steps"]) for k, r in results.items()}
+    tokens_per_step = dist["tgt_tokens_per_sec"] * dist["train_seconds"] / max(1, dist["steps"])
+    for k, r in results.items():
+        print(json.dumps({
+            "bench": "train_workers", "variant": k, "config": args.config,
+            "sentences": args.sentences, "steps_epoch2": r["steps"],
+            "train_seconds_epoch2": r["train_seconds"], "step_ms": round(step_ms[k], 1),
+            "tgt_tokens_per_sec": r["tgt_tokens_per_sec"], "wall_seconds": r["wall_seconds"],
+        }), flush=True)
+    print(json.dumps({
+        "bench": "train_workers_summary", "workers": n, "cores": os.cpu_count(),
+        "matmul_peak_gflops": round(args.peak_gflops, 1),
+        "scaling_efficiency": round(dist["tgt_tokens_per_sec"] / base["tgt_tokens_per_sec"], 3),
+        "speedup_over_1x1": round(dist["tgt_tokens_per_sec"] / one["tgt_tokens_per_sec"], 3),
+        "extra_ms_per_step_vs_1x1": round(step_ms[f"{n}x1"] - step_ms["1x1"], 1),
+        "global_tgt_tokens_per_step": round(tokens_per_step, 1),
+        "trainable_parameters": trainable,
+        # one dense fp32 all-reduce of the gradients plus the token-count scalar; the
+        # embedding gradients travel as IndexedSlices (all-gathered rows of the ids in the
+        # batch), so their share depends on the batch
+        "allreduce_bytes_per_step_dense": 4 * trainable + 4,
+        "embedding_parameters_sparse": embeddings,
+        "allreduce_bytes_per_step_non_embedding": 4 * (trainable - embeddings) + 4,
+    }), flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

@@ -177,6 +177,10 @@ class TrainConfig:
     mixed_precision: bool = False
     bucketing: bool = True
     fixed_batch_size: int = 64
+    # tf.distribute: auto = multi_worker when TF_CONFIG is set, mirrored when more than one
+    # GPU is visible, none (plain Keras fit) otherwise
+    distribute: Literal["auto", "none", "mirrored", "multi_worker"] = "auto"
+    distribute_timeout: float = 120.0  # seconds a worker waits for the others at start-up
 
     def __post_init__(self) -> None:
         _range("train.epochs", self.epochs, 1, None)
@@ -199,6 +203,7 @@ class TrainConfig:
         if self.dev_bleu_sentences is not None:
             _range("train.dev_bleu_sentences", self.dev_bleu_sentences, 1, None)
         _range("train.fixed_batch_size", self.fixed_batch_size, 1, None)
+        _range("train.distribute_timeout", self.distribute_timeout, 0.0, None, open_low=True)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,10 @@ leaves the previous file and ``state.json`` as they were (the next ``train`` rem
 leftovers); a failed write is one line (:class:`CheckpointWriteError`). A resume whose
 newest checkpoint does not load falls back to the previous kept one, with a warning.
 Checkpoints load with ``safe_mode=True``: one that holds Python code is refused.
+
+Several processes or GPUs (``train.distribute``): :func:`train` hands over to
+:mod:`translator.distributed`, which reuses this module's loss, optimizer, :class:`EpochEnd`
+and checkpoint files around a ``tf.distribute`` loop of its own.
 """
 
 from __future__ import annotations
@@ -573,7 +577,8 @@ def _truncate_metrics(path: Path, epoch: int) -> None:
 #: ``train.*`` keys a resumed run may change; they take effect for real. The others live
 #: in the checkpoint (optimizer, LR schedule, loss) or shape the epochs it was trained on.
 RESUMABLE_TRAIN_KEYS = ("epochs", "patience", "keep_checkpoints", "dev_bleu_sentences",
-                        "jit_compile", "seed", "shuffle_buffer")
+                        "jit_compile", "seed", "shuffle_buffer", "distribute",
+                        "distribute_timeout")
 
 
 def check_resume_settings(paths: RunPaths, cfg: Config) -> None:
@@ -638,6 +643,13 @@ def train(
     if on_record is None:
         def on_record(record: dict[str, Any]) -> None:
             report(json.dumps(record))
+    from translator.distributed import resolve_distribute
+
+    mode = resolve_distribute(cfg.train.distribute)
+    if mode != "none":  # its own loop: Keras fit fails under MultiWorkerMirroredStrategy
+        from translator.distributed import train_distributed
+
+        return train_distributed(cfg, data_root, mode, report, on_record, progress, step)
     paths = RunPaths(Path(cfg.run_dir))
     with run_lock(paths):
         removed = remove_leftover_temps(paths)
