@@ -119,6 +119,16 @@ def test_malformed_tf_config_is_one_line_exit_2(tmp_path, run_cli, monkeypatch):
     assert "host:port" in lines[0] and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("setting", ["tokenizer.sample_alpha=0.1", "train.mixed_precision=true"])
+def test_settings_the_distributed_loop_lacks_are_refused_not_ignored(tmp_path, run_cli, setting):
+    cfg = write_config(tmp_path / "c.yaml", toy_config(tmp_path / "run"))
+    code, out, err = run_cli("train", cfg, "--data-root", tmp_path,
+                             "--set", "train.distribute=mirrored", "--set", setting)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and setting.split("=")[0] in lines[0], err
+
+
 # ----------------------------------------------------------------------------- MirroredStrategy
 
 

@@ -436,6 +436,9 @@ def train_distributed(cfg: Config, data_root: Path, mode: str, report: Callable[
     if tc.mixed_precision:
         raise ConfigError(f"train.mixed_precision is not supported with train.distribute={mode}"
                           " yet; set train.mixed_precision: false or train.distribute: none")
+    if cfg.tokenizer.sample_alpha > 0:
+        raise ConfigError(f"tokenizer.sample_alpha is not supported with train.distribute={mode}"
+                          " yet; set tokenizer.sample_alpha: 0 or train.distribute: none")
     strategy = make_strategy(mode, cluster, tc.distribute_timeout)
     if tc.jit_compile:
         report("train.jit_compile is ignored under tf.distribute (Keras turns XLA off there)")
