@@ -128,6 +128,7 @@ def test_too_long_samples_fall_back_to_deterministic_ids(setup):
     ("tokenizer.sample_alpha=-0.1", "tokenizer.sample_alpha=-0.1 is out of range"),
     ("tokenizer.sample_alpha=.nan", "tokenizer.sample_alpha=nan is not a finite number"),
     ("tokenizer.sample_nbest=-2", "tokenizer.sample_nbest=-2 is out of range"),
+    ("tokenizer.sample_nbest=513", "tokenizer.sample_nbest=513 is out of range"),
     ("tokenizer.sample_nbest=0.5", "tokenizer.sample_nbest=0.5 has the wrong type"),
 ])
 def test_sampling_keys_are_validated(tmp_path, override, message):

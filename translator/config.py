@@ -81,7 +81,7 @@ class TokenizerConfig:
     ``sample_alpha`` > 0 turns on subword regularization for training only: every epoch
     segments each training sentence anew by sampling (dev, test, translate and export stay
     deterministic). A unigram model samples from its lattice: ``sample_nbest`` -1 samples
-    from all segmentations, ``n >= 2`` from the ``n`` best, and ``sample_alpha`` is the
+    from all segmentations, ``n`` in [2, 512] from the ``n`` best, and ``sample_alpha`` is the
     smoothing exponent (small = closer to uniform). A BPE model does BPE-dropout:
     ``sample_alpha`` is the probability of dropping a merge and ``sample_nbest`` only has to
     be -1 or >= 2 (sentencepiece's semantics). ``sample_nbest`` 0 or 1 means "no sampling"
@@ -103,10 +103,10 @@ class TokenizerConfig:
     def __post_init__(self) -> None:
         _range("tokenizer.vocab_size", self.vocab_size, 8, None)
         _range("tokenizer.sample_alpha", self.sample_alpha, 0.0, 1.0)
-        if self.sample_nbest < -1:
+        if not -1 <= self.sample_nbest <= 512:  # sentencepiece refuses more than 512 best
             raise ConfigError(
                 f"tokenizer.sample_nbest={self.sample_nbest} is out of range; use -1 (sample "
-                "from all segmentations) or a number of best segmentations >= 2"
+                "from all segmentations) or a number of best segmentations from 2 to 512"
             )
         if self.sample_alpha > 0 and self.sample_nbest in (0, 1):
             raise ConfigError(

@@ -12,8 +12,8 @@ reads it, in the graph (``tensorflow_text.SentencepieceTokenizer`` with ``nbest_
 what the deterministic ids say: which pairs :func:`filter_by_length` keeps, and the length
 each pair is bucketed by, so the batch count per epoch (:func:`count_batches`), the
 progress bar and the LR schedule are exactly those of ``sample_alpha: 0``. A batch is
-padded to its longest *sampled* sentence, so it holds more tokens than ``batch_tokens``
-by about the sampling's length inflation. A sampled side longer than ``max_len`` is
+padded to its longest *sampled* sentence, so it can hold several times ``batch_tokens``
+tokens (the sizes come from the deterministic lengths). A sampled side longer than ``max_len`` is
 replaced by that sentence's deterministic ids (never dropped, never truncated) and
 counted in :attr:`SubwordSampler.fallbacks`. With ``sample_alpha: 0`` none of this runs:
 the ids are those of :meth:`Tokenizer.encode`, as without the feature.
