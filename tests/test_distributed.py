@@ -225,6 +225,9 @@ def test_sigkill_of_a_worker_then_relaunch_resumes_at_epoch_2(tmp_path):
         raise
     assert proc.returncode == 128 + signal.SIGKILL, out[-3000:]
     assert "worker 1 exited with 137; stopping the others" in out
+    from translator.distributed import worker_scratch_dir
+    left = worker_scratch_dir(str(run), "worker/1")
+    assert left.is_dir()  # what the SIGKILLed worker could not remove; its next start does
     # re-launch the same job: it resumes at epoch 2 from the chief's checkpoint
     r = _run(cmd, timeout=900)
     assert r.returncode == 0, r.stdout[-5000:]
@@ -234,6 +237,7 @@ def test_sigkill_of_a_worker_then_relaunch_resumes_at_epoch_2(tmp_path):
     assert summaries[0]["epoch"] == 2
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
+    assert not left.exists()
     steps = summaries[0]["steps_per_epoch"]
     assert records[1]["optimizer_steps"] == 2 * steps
 

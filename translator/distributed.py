@@ -442,23 +442,43 @@ def train_distributed(cfg: Config, data_root: Path, mode: str, report: Callable[
     strategy = make_strategy(mode, cluster, tc.distribute_timeout)
     if tc.jit_compile:
         report("train.jit_compile is ignored under tf.distribute (Keras turns XLA off there)")
-    if cluster.is_chief:
-        paths = RunPaths(Path(cfg.run_dir))
-        with run_lock(paths):
-            removed = remove_leftover_temps(paths)
-            if removed:
-                report(f"removed {', '.join(removed)}: partial writes of a train that was killed")
-            return _train(cfg, data_root, strategy, mode, cluster, report, on_record, progress,
-                          step)
-    # the others write everything the chief writes, into a dir of their own that goes at the
-    # end (the same code on every worker: a save that all-reduced could not deadlock)
-    scratch = Path(tempfile.mkdtemp(prefix=f"translator-{cluster.task.replace('/', '')}-"))
     try:
-        summary = _train(dataclasses.replace(cfg, run_dir=str(scratch / "run")), data_root,
-                         strategy, mode, cluster, report, lambda record: None, None, step)
-        return {**summary, "run_dir": cfg.run_dir}
-    finally:
+        if cluster.is_chief:
+            paths = RunPaths(Path(cfg.run_dir))
+            with run_lock(paths):
+                removed = remove_leftover_temps(paths)
+                if removed:
+                    report(f"removed {', '.join(removed)}: partial writes of a train that was "
+                           "killed")
+                return _train(cfg, data_root, strategy, mode, cluster, report, on_record,
+                              progress, step)
+        # the others write everything the chief writes, into a dir of their own that goes at
+        # the end (the same code on every worker: a save that all-reduced could not deadlock).
+        # Its name follows from the run dir and the task, so a worker that was SIGKILLed
+        # leaves at most one such dir behind, which its next start removes.
+        scratch = worker_scratch_dir(cfg.run_dir, cluster.task)
         shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        try:
+            summary = _train(dataclasses.replace(cfg, run_dir=str(scratch / "run")), data_root,
+                             strategy, mode, cluster, report, lambda record: None, None, step)
+            return {**summary, "run_dir": cfg.run_dir}
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    except tf.errors.OpError as exc:
+        # a collective outside the epoch loop (start-up checks, resume broadcast, the final
+        # barrier) failed: another worker stopped (its own error says why) or was lost
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise RunError(
+            f"worker {cluster.task}: lost the other workers outside an epoch "
+            f"({type(exc).__name__}: {first}); see the other workers' errors, then re-run the "
+            "same command on every worker") from None
+
+
+def worker_scratch_dir(run_dir: str, task: str) -> Path:
+    """Where a non-chief worker writes what the chief writes in ``run_dir``."""
+    key = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"translator-{task.replace('/', '')}-{key}"
 
 
 def _train(cfg: Config, data_root: Path, strategy: tf.distribute.Strategy, mode: str,
@@ -545,7 +565,10 @@ def _train(cfg: Config, data_root: Path, strategy: tf.distribute.Strategy, mode:
     dev = read_prepared_split(paths, "dev") if chief else None
     dev_ds = None
     if dev is not None and len(dev):
-        dev_ids, _, _, dev_lengths = filter_by_length(dev, tokenizers, tc.max_len)
+        dev_ids, dev_dropped, _, dev_lengths = filter_by_length(dev, tokenizers, tc.max_len)
+        if dev_dropped:
+            report(f"dev loss: {dev_dropped} pairs longer than {tc.max_len} subwords left out "
+                   "(dev BLEU uses all)")
         dev_ds = make_dataset(dev_ids, max_len=tc.max_len, batch_tokens=tc.batch_tokens,
                               shuffle=False, lengths=dev_lengths)
     dev_loss = make_dev_loss(model, loss_fn)
