@@ -54,18 +54,19 @@ import numpy as np
 import tensorflow as tf
 
 from translator.config import Config, ConfigError, config_to_dict
-from translator.errors import Interrupted, RunError, UserError
+from translator.errors import RunError, UserError
 from translator.pipeline import Encoded, count_batches, filter_by_length, make_dataset
 from translator.prepare import RunPaths, ensure_prepared, read_prepared_split
 from translator.tokenizer import Tokenizers
 from translator.training import (
     EpochEnd,
     SmoothedCrossEntropy,
-    _last_checkpoint,
     _load_for_resume,
     _truncate_metrics,
     check_resume_settings,
     compile_model,
+    diverged,
+    interrupted,
     remove_leftover_temps,
     run_lock,
     stream_seed,
@@ -75,6 +76,7 @@ from translator.translator import Translator
 log = logging.getLogger(__name__)
 
 TF_CONFIG_ENV = "TF_CONFIG"
+EVERY_WORKER = "the same command on every worker"  # how a distributed run resumes
 #: The job names a TF_CONFIG may have here (parameter servers and evaluators are not used).
 JOBS = ("chief", "worker")
 
@@ -595,13 +597,7 @@ def _train(cfg: Config, data_root: Path, strategy: tf.distribute.Strategy, mode:
                 if model.stop_training:
                     break
         except KeyboardInterrupt:
-            if progress is not None:
-                progress.epoch_end()
-            last = _last_checkpoint(paths)
-            where = (f"the last checkpoint is {last[0]} (epoch {last[1]}): re-running the same "
-                     "command on every worker resumes from it" if last else
-                     "no epoch has a checkpoint yet: re-running the same command starts over")
-            raise Interrupted(f"interrupted in epoch {epoch + 1}; {where}") from None
+            raise interrupted(paths, epoch, progress, EVERY_WORKER) from None
         except tf.errors.OpError as exc:
             first = (str(exc).strip().splitlines() or [""])[0][:200]
             last = state.get("epoch", 0)
@@ -610,9 +606,7 @@ def _train(cfg: Config, data_root: Path, strategy: tf.distribute.Strategy, mode:
                 f"({type(exc).__name__}: {first}); re-run the same command on every worker to "
                 + (f"resume from epoch {last}" if last else "start over")) from None
         if callback.diverged is not None:
-            raise RunError(f"{cfg.run_dir}: training diverged: {callback.diverged}; nothing of "
-                           "that epoch was saved; re-run the same command to resume from the "
-                           "last good checkpoint, or lower train.learning_rate")
+            raise diverged(paths, state, callback.diverged, EVERY_WORKER)
     gather_rows(strategy, [0.0])  # a barrier: the chief's server stays up until all are done
     summary["weights_sha256"] = weights_digest([*model.weights, *model.optimizer.variables])
     return {"run_dir": str(paths.root), "parameters": model.count_params(), "seed": seed,

@@ -658,6 +658,31 @@ def train(
         return _train(cfg, data_root, report, on_record, progress, step)
 
 
+def interrupted(paths: RunPaths, epoch: int, progress: Progress | None,
+                command: str = "the same command") -> Interrupted:
+    """What a Ctrl-C in epoch ``epoch`` (0-based) says: where the run can resume from."""
+    if progress is not None:
+        progress.epoch_end()
+    last = _last_checkpoint(paths)
+    where = (f"the last checkpoint is {last[0]} (epoch {last[1]}): re-running {command} "
+             "resumes from it" if last else
+             f"no epoch has a checkpoint yet: re-running {command} starts over")
+    return Interrupted(f"interrupted in epoch {epoch + 1}; {where}")
+
+
+def diverged(paths: RunPaths, state: dict[str, Any], what: str,
+             command: str = "the same command") -> RunError:
+    """What a non-finite loss says: nothing of the epoch was saved, where to resume."""
+    if "last" in state:
+        where = (f"the last good checkpoint is {paths.checkpoints / state['last']} "
+                 f"(epoch {state['epoch']}): re-running {command} resumes from it")
+    else:
+        where = f"no epoch had finished: re-running {command} starts over"
+    return RunError(f"{paths.root}: training diverged: {what}; nothing of that epoch was "
+                    f"saved, {where}. If it diverges again, train a new run_dir with a lower "
+                    "train.learning_rate or train.clip_norm > 0")
+
+
 def _train(cfg: Config, data_root: Path, report: Callable[[str], None],
            on_record: Callable[[dict[str, Any]], None], progress: Progress | None,
            step: Callable[[str], None]) -> dict[str, Any]:
@@ -745,13 +770,7 @@ def _train(cfg: Config, data_root: Path, report: Callable[[str], None],
             model.fit(train_ds, validation_data=dev_ds, epochs=tc.epochs, shuffle=False,
                       initial_epoch=initial_epoch, callbacks=[callback], verbose=0)
         except KeyboardInterrupt:
-            if progress is not None:
-                progress.epoch_end()
-            last = _last_checkpoint(paths)
-            where = (f"the last checkpoint is {last[0]} (epoch {last[1]}): re-running the same "
-                     "command resumes from it" if last else
-                     "no epoch has a checkpoint yet: re-running the same command starts over")
-            raise Interrupted(f"interrupted in epoch {callback._epoch + 1}; {where}") from None
+            raise interrupted(paths, callback._epoch, progress) from None
         except CheckpointWriteError as exc:
             what = "checkpoint " if exc.path.suffix in (".keras", ".h5") else ""
             advice = "free disk space and re-run" if exc.no_space else "re-run"
@@ -761,13 +780,6 @@ def _train(cfg: Config, data_root: Path, report: Callable[[str], None],
             raise RunError(f"cannot write {what}{exc.path}: {exc.reason}; {advice} the same "
                            f"command {where}") from None
         if callback.diverged is not None:
-            if "last" in state:
-                where = (f"the last good checkpoint is {paths.checkpoints / state['last']} "
-                         f"(epoch {state['epoch']}): re-running the same command resumes from it")
-            else:
-                where = "no epoch had finished: re-running the same command starts over"
-            raise RunError(f"{paths.root}: training diverged: {callback.diverged}; nothing of "
-                           f"that epoch was saved, {where}. If it diverges again, train a new "
-                           "run_dir with a lower train.learning_rate or train.clip_norm > 0")
+            raise diverged(paths, state, callback.diverged)
     return {"run_dir": str(paths.root), "parameters": model.count_params(), "seed": seed,
             "epochs": tc.epochs, **state}
