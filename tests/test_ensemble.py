@@ -3,12 +3,11 @@ different seeds (8 short epochs: imperfect models that disagree but end their se
 
 import json
 import math
-import shutil
 
 import numpy as np
 import pytest
-import yaml
 from conftest import toy_config, toy_pairs, write_aligned, write_config
+from test_translate_cli import assert_one_line, copy_run
 
 
 @pytest.fixture(scope="module")
@@ -197,20 +196,6 @@ def test_serve_ignores_ensemble_records(two_runs, tmp_path):
     assert saved_test_scores(run)["bleu"] == 10.0
 
 
-def _copy_run(run, dest, **data):
-    (dest / "checkpoints").mkdir(parents=True)
-    for name in ("spm.model", "checkpoints/best.weights.h5"):
-        shutil.copy(run / name, dest / name)
-    cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-    cfg["data"].update(data)
-    (dest / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-    return dest
-
-
-def _one_line(code, err, fragment):
-    assert code == 2, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert err.startswith("translator: error: ") and fragment in err, err
 
 
 def test_mismatched_members_are_refused(two_runs, memorized_run, run_cli, tmp_path):
@@ -223,15 +208,15 @@ def test_mismatched_members_are_refused(two_runs, memorized_run, run_cli, tmp_pa
     for command in ("translate", "evaluate"):
         extra = ["x"] if command == "translate" else ["--split", "dev"]
         code, _, err = run_cli(command, a, *extra, "--ensemble", other)
-        _one_line(code, err, f"{other}: its tokenizer (spm.model) differs from that of {a}")
-    flipped = _copy_run(a, tmp_path / "flipped", src_lang="yy", tgt_lang="xx")
+        assert_one_line(code, err, f"{other}: its tokenizer (spm.model) differs from that of {a}")
+    flipped = copy_run(a, tmp_path / "flipped", "data", src_lang="yy", tgt_lang="xx")
     code, _, err = run_cli("translate", a, "x", "--ensemble", flipped)
-    _one_line(code, err, "must translate the same language pair")
+    assert_one_line(code, err, "must translate the same language pair")
     code, _, err = run_cli("translate", a, "x", "--weights", "best.weights.h5",
                            "--ensemble", two_runs["b"])
-    _one_line(code, err, "--weights cannot be combined with --ensemble")
+    assert_one_line(code, err, "--weights cannot be combined with --ensemble")
     code, _, err = run_cli("translate", a, "--ensemble", two_runs["b"], "der hund")
-    _one_line(code, err, "--ensemble der hund: not a run dir")
+    assert_one_line(code, err, "--ensemble der hund: not a run dir")
     with pytest.raises(UserError, match="one per run dir"):
         Translator.load([a, two_runs["b"]], weights=["best.weights.h5"])
     with pytest.raises(UserError, match="one weights entry per run dir"):

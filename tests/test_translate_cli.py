@@ -6,13 +6,14 @@ import pytest
 import yaml
 
 
-def copy_run(run, dest, **decode):
-    """The files translate/evaluate read, copied so that the config can be edited."""
+def copy_run(run, dest, section="decode", **values):
+    """The files translate/evaluate read, copied so that the config can be edited:
+    ``values`` update the config's ``section``."""
     (dest / "checkpoints").mkdir(parents=True)
     for name in ("spm.model", "checkpoints/best.weights.h5"):
         shutil.copy(run / name, dest / name)
     cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-    cfg["decode"].update(decode)
+    cfg[section].update(values)
     (dest / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     return dest
 
