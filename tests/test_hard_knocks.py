@@ -276,6 +276,53 @@ def test_a_checkpoint_carrying_a_python_lambda_is_refused(trained, tmp_path, run
 # ----------------------------------------------------------------------------- 6. Ctrl-C
 
 
+class _Finalized:
+    """An object whose ``__del__`` runs when the garbage collector takes it, as TensorFlow's
+    weakref callbacks do: an exception raised in there is "ignored" by Python."""
+
+    def __init__(self, action):
+        self.action = action
+
+    def __del__(self):
+        self.action()
+
+
+def _sigint_to_self():
+    os.kill(os.getpid(), signal.SIGINT)
+    deadline = time.time() + 5
+    while time.time() < deadline:  # the handler raises in here, inside __del__
+        time.sleep(0.001)
+
+
+def test_a_ctrl_c_that_python_dropped_in_a_finalizer_is_raised_at_the_next_boundary(monkeypatch):
+    from translator.training import CtrlC
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    ctrl_c = CtrlC()
+    with ctrl_c.watching():
+        ctrl_c.check()  # nothing pressed: no-op
+        _Finalized(_sigint_to_self)  # collected at once: the Ctrl-C is dropped in __del__
+        assert ctrl_c.pressed
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c.check()  # what every batch and epoch boundary calls
+        assert unraisable == []  # not printed as "Exception ignored"
+
+        def fail():
+            raise ValueError("another error in a finalizer")
+        _Finalized(fail)
+        assert [type(u.exc_value) for u in unraisable] == [ValueError]  # still reported
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert sys.unraisablehook == unraisable.append
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job's: it stays ignored
+    try:
+        with CtrlC().watching():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def test_ctrl_c_in_an_epoch_exits_at_once_saying_where_the_last_checkpoint_is(trained,
                                                                               tmp_path):
     run, cfg = _copy_run(trained, tmp_path, epochs=100_000, patience=100_000)

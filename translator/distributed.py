@@ -591,11 +591,12 @@ def _train(cfg: Config, data_root: Path, strategy: tf.distribute.Strategy, mode:
         callback.set_model(model)
         epoch = initial_epoch
         try:
-            for epoch in range(initial_epoch, tc.epochs):
-                _epoch(strategy, chief, callback, train_step, dist_ds, steps, epoch,
-                       dev_ds, dev_loss)
-                if model.stop_training:
-                    break
+            with callback.ctrl_c.watching():
+                for epoch in range(initial_epoch, tc.epochs):
+                    _epoch(strategy, chief, callback, train_step, dist_ds, steps, epoch,
+                           dev_ds, dev_loss)
+                    if model.stop_training:
+                        break
         except KeyboardInterrupt:
             raise interrupted(paths, epoch, progress, EVERY_WORKER) from None
         except tf.errors.OpError as exc:
@@ -657,6 +658,7 @@ def _epoch(strategy: tf.distribute.Strategy, chief: bool, callback: Any, train_s
     sums = np.zeros(3)
     for batch in range(steps):
         out = train_step(iterator).numpy()
+        callback.ctrl_c.check()
         sums += out
         loss = out[0] / max(out[1], 1.0)
         if callback.progress is not None:
