@@ -303,17 +303,39 @@ def test_a_ctrl_c_that_python_dropped_in_a_finalizer_is_raised_at_the_next_bound
     ctrl_c = CtrlC()
     with ctrl_c.watching():
         ctrl_c.check()  # nothing pressed: no-op
-        _Finalized(_sigint_to_self)  # collected at once: the Ctrl-C is dropped in __del__
-        assert ctrl_c.pressed
-        with pytest.raises(KeyboardInterrupt):
-            ctrl_c.check()  # what every batch and epoch boundary calls
-        assert unraisable == []  # not printed as "Exception ignored"
-
-        def fail():
-            raise ValueError("another error in a finalizer")
-        _Finalized(fail)
-        assert [type(u.exc_value) for u in unraisable] == [ValueError]  # still reported
+        _Finalized(lambda: None)
+        ctrl_c.check()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):  # a dropped one is also raised when the block ends
+        with ctrl_c.watching():
+            _Finalized(_sigint_to_self)  # collected at once: the Ctrl-C is dropped in __del__
+            assert ctrl_c.pressed
+            with pytest.raises(KeyboardInterrupt):
+                ctrl_c.check()  # what every batch and epoch boundary calls
+            assert unraisable == []  # not printed as "Exception ignored"
+
+            def fail():
+                raise ValueError("another error in a finalizer")
+            _Finalized(fail)
+            assert [type(u.exc_value) for u in unraisable] == [ValueError]  # still reported
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert sys.unraisablehook == unraisable.append
+
+    install = signal.signal
+
+    def install_then_ctrl_c(signum, handler):  # a Ctrl-C right as the handler goes in
+        previous = install(signum, handler)
+        if getattr(handler, "__self__", None) is early:
+            _sigint_to_self()
+        return previous
+
+    early = CtrlC()
+    monkeypatch.setattr(signal, "signal", install_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        with early.watching():
+            raise AssertionError("the block ran")
+    monkeypatch.setattr(signal, "signal", install)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored anyway
     assert sys.unraisablehook == unraisable.append
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job's: it stays ignored
     try:
