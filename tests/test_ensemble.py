@@ -171,7 +171,7 @@ def test_translate_and_evaluate_cli_with_ensemble(two_runs, run_cli, tmp_path):
     code, out, err = run_cli("evaluate", a, "--split", "dev")
     assert code == 0, err
     single = json.loads(out)
-    (a / "eval" / "dev.json").write_text(out, encoding="utf-8")
+    assert single["json"] == str(a / "eval" / "dev.json")
     code, out, err = run_cli("evaluate", a, "--split", "dev", "--ensemble", b, "--beam-size", "3")
     assert code == 0, err
     record = json.loads(out)

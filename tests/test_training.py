@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from conftest import REPO, toy_config, toy_pairs, write_aligned, write_config
 
@@ -77,9 +78,20 @@ def test_evaluate_bleu_100_when_hypotheses_match(memorized_run, run_cli, tmp_pat
     # sentences shorter than 4 tokens; tests/test_metrics.py compares it on real text)
     assert "tok:13a" in result["bleu_signature"] and "case:mixed" in result["bleu_signature"]
     assert (tmp_path / "hyp.txt").read_text(encoding="utf-8").splitlines() == tgt
+    saved = tmp_path / "hyp.json"  # the record, beside --output's hypotheses
+    assert result["json"] == str(saved)
+    assert json.loads(saved.read_text(encoding="utf-8")) == result
+    code, out, err = run_cli("evaluate", memorized_run["run_dir"], "--src", tmp_path / "s.txt",
+                             "--ref", tmp_path / "r.txt", "--beam-size", "1",
+                             "--output", tmp_path / "hyp.json")  # not overwritten by the record
+    assert code == 0, err
+    assert (tmp_path / "hyp.json").read_text(encoding="utf-8").splitlines() == tgt
+    assert json.loads((tmp_path / "hyp.json.json").read_text(encoding="utf-8"))["bleu"] == 100.0
     code, out, err = run_cli("evaluate", memorized_run["run_dir"], "--split", "dev",
                              "--beam-size", "1")
     assert code == 0 and json.loads(out)["bleu"] == 100.0
+    saved = Path(memorized_run["run_dir"]) / "eval" / "dev.json"
+    assert json.loads(out)["json"] == str(saved) and json.loads(saved.read_text()) == json.loads(out)
 
 
 def test_resume_after_sigkill(tmp_path):

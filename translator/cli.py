@@ -543,13 +543,18 @@ def cmd_evaluate(args) -> int:
             nbest = out.with_name(out.name + ".nbest")
         _write_lines(str(nbest), ["\t".join(h.text for h in r.n_best) for r in results])
         scores.update({"n_best": n_best, "nbest": str(nbest)})
-    if args.ensemble:  # saved beside the single model's record, which stays the run's own
-        from translator.fileio import write_text_atomic
-
-        saved = run_dir / "eval" / f"{name}.ensemble.json"
+    if args.ensemble:
         scores.update({"ensemble": [str(run_dir), *args.ensemble],
-                       "ensemble_size": t.ensemble_size, "json": str(saved)})
-        write_text_atomic(saved, json.dumps(scores) + "\n")
+                       "ensemble_size": t.ensemble_size})
+    from translator.fileio import write_text_atomic
+
+    # the record is saved beside the hypotheses: RUN/eval/test.json by default, which
+    # serve's /v1/model shows; an ensemble's is test.ensemble.json, never the single model's
+    saved = out.with_suffix(".json")
+    if saved == out:
+        saved = out.with_name(out.name + ".json")
+    scores["json"] = str(saved)
+    write_text_atomic(saved, json.dumps(scores) + "\n")
     print(json.dumps(scores))
     return 0
 

@@ -68,8 +68,8 @@ class ServeSettings:
 
 def saved_test_scores(run_dir: str | Path) -> dict[str, Any] | None:
     """The newest ``translator evaluate`` record of the test split saved as JSON in
-    ``RUN_DIR/eval/`` or ``RUN_DIR/results/`` (e.g. ``translator evaluate RUN --split
-    test > RUN/eval/test.json``), or None. Ensemble records (``translator evaluate RUN
+    ``RUN_DIR/eval/`` or ``RUN_DIR/results/`` (``translator evaluate RUN --split test``
+    saves ``eval/test.json``), or None. Ensemble records (``translator evaluate RUN
     --ensemble ...`` writes ``eval/test.ensemble.json``) are not the served model's: skipped."""
     found = []
     for folder in ("eval", "results"):
