@@ -196,8 +196,6 @@ def test_serve_ignores_ensemble_records(two_runs, tmp_path):
     assert saved_test_scores(run)["bleu"] == 10.0
 
 
-
-
 def test_mismatched_members_are_refused(two_runs, memorized_run, run_cli, tmp_path):
     from translator import Translator
     from translator.errors import UserError

@@ -494,6 +494,12 @@ def cmd_translate(args) -> int:
     return 0
 
 
+def _beside(path: Path, suffix: str) -> Path:
+    """``path`` with ``suffix`` instead of its own, or added when it already has it."""
+    other = path.with_suffix(suffix)
+    return other if other != path else path.with_name(path.name + suffix)
+
+
 def cmd_evaluate(args) -> int:
     _check_decode_flags(args)
     _check_ensemble_flags(args)
@@ -538,9 +544,7 @@ def cmd_evaluate(args) -> int:
                    "translate_seconds": round(seconds, 1), "hypotheses": str(out),
                    "sources_over_max_len": too_long})
     if n_best > 1:  # the run's decode.n_best (or --set decode.n_best=N), at most the beam
-        nbest = out.with_suffix(".nbest")
-        if nbest == out:
-            nbest = out.with_name(out.name + ".nbest")
+        nbest = _beside(out, ".nbest")
         _write_lines(str(nbest), ["\t".join(h.text for h in r.n_best) for r in results])
         scores.update({"n_best": n_best, "nbest": str(nbest)})
     if args.ensemble:
@@ -550,9 +554,7 @@ def cmd_evaluate(args) -> int:
 
     # the record is saved beside the hypotheses: RUN/eval/test.json by default, which
     # serve's /v1/model shows; an ensemble's is test.ensemble.json, never the single model's
-    saved = out.with_suffix(".json")
-    if saved == out:
-        saved = out.with_name(out.name + ".json")
+    saved = _beside(out, ".json")
     scores["json"] = str(saved)
     write_text_atomic(saved, json.dumps(scores) + "\n")
     print(json.dumps(scores))

@@ -196,7 +196,6 @@ class CtrlC:
             if not (self.pressed and isinstance(info.exc_value, KeyboardInterrupt)):
                 hook(info)  # a dropped Ctrl-C is raised again by check(): not worth a traceback
 
-        previous = signal.getsignal(signal.SIGINT)
         try:  # installed inside the try: a Ctrl-C right after still restores both
             sys.unraisablehook = unraisable
             signal.signal(signal.SIGINT, self._handler)
@@ -204,7 +203,7 @@ class CtrlC:
             self.check()  # one dropped after the last boundary (the last epoch's writes)
         finally:
             sys.unraisablehook = hook
-            signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # what it was (above)
 
     def check(self) -> None:
         if self.pressed:
