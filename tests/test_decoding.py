@@ -177,6 +177,33 @@ def test_beam_stops_once_no_live_beam_can_win():
     assert r2.attention.shape[2] == 41
 
 
+def test_a_settled_sentence_leaves_the_batch_and_its_result_stays():
+    # EARLY settles after one step, ENDLESS runs to the length limit: from the second
+    # step on, the step function sees ENDLESS's beams only, and EARLY's result is that of
+    # a search of it alone (a settled sentence's rows are gathered out, not recomputed)
+    tables = np.stack([EARLY, ENDLESS])
+    rows_seen = []
+    step = scripted(tables)
+
+    def counting(tokens, state):
+        rows_seen.append(int(tokens.shape[0]))
+        return step(tokens, state)
+
+    limit = tf.constant([40, 8])
+    sids = {"sid": tf.constant([0, 1])}
+    r = beam_search(counting, sids, limit, BOS, EOS, beam_size=2, alpha=0.6,
+                    return_attention=True)
+    assert rows_seen[0] == 4 and set(rows_seen[1:]) == {2}, rows_seen
+    assert len(rows_seen) == 9  # ENDLESS: 8 tokens, then EOS at its limit
+    assert seqs(r) == [[], [C] * 8]
+    alone = run(np.stack([EARLY]), [0], "beam", max_len=40, beam_size=2, alpha=0.6)
+    assert r.scores.numpy()[0, 0] == pytest.approx(alone.scores.numpy()[0, 0], abs=1e-6)
+    # EARLY's attention row 0 (BOS fed) is recorded, its later steps are zeros
+    att = r.attention.numpy()
+    np.testing.assert_array_equal(att[0, 0, 0], np.eye(3)[BOS % 3])
+    assert not att[0, 0, 1:].any()
+
+
 @pytest.mark.parametrize("search", ["greedy", "beam"])
 def test_normalized_step_output_is_scored_as_given(search):
     """``normalized=True`` (an ensemble's mean log-probabilities, which need not sum to 1

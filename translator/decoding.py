@@ -15,6 +15,12 @@ length penalty ``lp(|Y|) = ((5 + |Y|) / 6) ** alpha`` and keeps finished hypothe
 frozen (they extend only with EOS at no cost). A sentence stops as soon as no live beam
 can beat its n-best finished ones (an exact test, see ``beam_search``).
 
+Both searches shrink the batch as they go: a sentence that is done (greedy: emitted EOS;
+beam: settled) is gathered out of the loop's tensors, so the step function runs on the
+unfinished sentences only. In a batch of sentences of mixed lengths (a server's batch of
+whatever requests came in), most rows would otherwise be decoded on after they ended.
+The results are those of the full-batch search.
+
 Wrap a search in ``tf.function`` (see ``translator.Translator``) to compile it.
 """
 
@@ -86,17 +92,23 @@ def greedy_search(
     """
     batch = tf.shape(max_len)[0]
     limit = tf.reduce_max(max_len)
+    # As in beam_search, the loop runs on the active (unfinished) sentences only, ``rows``
+    # holding their batch indices; what is returned is written at full size.
+    rows = tf.range(batch)
     tokens = tf.fill([batch], bos_id)
     out_tokens = tf.TensorArray(tf.int32, size=0, dynamic_size=True)
     out_attn = tf.TensorArray(tf.float32, size=0, dynamic_size=True)
-    finished = tf.zeros([batch], tf.bool)
     scores = tf.zeros([batch], tf.float32)
     lengths = tf.zeros([batch], tf.int32)
+    final = (scores, lengths)
 
-    def cond(t, tokens, state, finished, *_):
-        return tf.logical_and(t <= limit, tf.logical_not(tf.reduce_all(finished)))
+    def cond(t, rows, *_):
+        return tf.logical_and(t <= limit, tf.size(rows) > 0)
 
-    def body(t, tokens, state, finished, scores, lengths, out_tokens, out_attn):
+    def body(t, rows, tokens, state, max_len, scores, lengths, final, out_tokens, out_attn):
+        def full(values, rest):
+            return tf.tensor_scatter_nd_update(rest, rows[:, tf.newaxis], values)
+
         logits, state, attention = step_fn(tokens, state)
         logp = _step_log_probs(logits, normalized)
         at_limit = t >= max_len
@@ -104,27 +116,35 @@ def greedy_search(
         eos_only = tf.where(tf.range(vocab) == eos_id, 0.0, NEG_INF)[tf.newaxis]
         logp = tf.where(at_limit[:, tf.newaxis], eos_only, logp)
         next_tokens = tf.argmax(logp, axis=-1, output_type=tf.int32)
-        step_score = tf.gather(logp, next_tokens, batch_dims=1)
-        scores += tf.where(finished, 0.0, step_score)
+        scores += tf.gather(logp, next_tokens, batch_dims=1)
         is_eos = tf.equal(next_tokens, eos_id)
-        lengths += tf.cast(tf.logical_not(tf.logical_or(finished, is_eos)), tf.int32)
-        emitted = tf.where(tf.logical_or(finished, is_eos), 0, next_tokens)
-        out_tokens = out_tokens.write(t, emitted)
+        lengths += tf.cast(tf.logical_not(is_eos), tf.int32)
+        out_tokens = out_tokens.write(t, full(tf.where(is_eos, 0, next_tokens),
+                                              tf.zeros([batch], tf.int32)))
         if return_attention:
-            out_attn = out_attn.write(t, tf.cast(attention, tf.float32))
-        finished = tf.logical_or(finished, is_eos)
-        return t + 1, next_tokens, state, finished, scores, lengths, out_tokens, out_attn
+            attention = tf.cast(attention, tf.float32)
+            out_attn = out_attn.write(t, full(attention, tf.zeros(
+                tf.stack([batch, tf.shape(attention)[1]]))))
+        final = (full(scores, final[0]), full(lengths, final[1]))
+        keep = tf.cast(tf.where(tf.logical_not(is_eos))[:, 0], tf.int32)
+        # the state is gathered only when a sentence ends (most of it, the encoder
+        # memory, does not change from step to step)
+        state = tf.cond(tf.reduce_any(is_eos),
+                        lambda: tf.nest.map_structure(lambda x: tf.gather(x, keep), state),
+                        lambda: state)
+        return (t + 1, tf.gather(rows, keep), tf.gather(next_tokens, keep), state,
+                tf.gather(max_len, keep), tf.gather(scores, keep), tf.gather(lengths, keep),
+                final, out_tokens, out_attn)
 
-    loop = tf.while_loop(
-        cond, body,
-        (tf.constant(0), tokens, state, finished, scores, lengths, out_tokens, out_attn),
-        maximum_iterations=tf.maximum(limit + 1, 0),  # cond's bound, explicit in the graph
-    )
-    _, _, _, _, scores, lengths, out_tokens, out_attn = loop
-    tokens = tf.transpose(out_tokens.stack(), (1, 0))  # (batch, steps)
+    loop_vars = (tf.constant(0), rows, tokens, state, max_len, scores, lengths, final,
+                 out_tokens, out_attn)
+    loop = tf.while_loop(cond, body, loop_vars, shape_invariants=_shrinking(loop_vars, 1, 7),
+                         maximum_iterations=tf.maximum(limit + 1, 0))  # cond's bound, explicit
+    scores, lengths = loop[7]
+    tokens = tf.transpose(loop[8].stack(), (1, 0))  # (batch, steps)
     attention = None
     if return_attention:
-        attention = tf.transpose(out_attn.stack(), (1, 0, 2))[:, tf.newaxis]
+        attention = tf.transpose(loop[9].stack(), (1, 0, 2))[:, tf.newaxis]
     return SearchResult(tokens[:, tf.newaxis], lengths[:, tf.newaxis], scores[:, tf.newaxis],
                         attention)
 
@@ -165,69 +185,101 @@ def beam_search(
     limit = tf.reduce_max(max_len)
     state = tf.nest.map_structure(lambda x: _tile(x, k), state)
     constant = {key: state.pop(key) for key in constant_keys} if constant_keys else {}
+    # The loop works on the *active* sentences only: ``rows`` holds their indices in the
+    # batch, and a sentence leaves (its rows are gathered out of every tensor) once it is
+    # settled (see below), so the step function runs on fewer rows as sentences end. What
+    # the caller gets back is kept at full size: ``final`` holds every sentence's beam
+    # scores and lengths, and each step's history is written for the whole batch, a
+    # settled sentence's as EOS padding with its beams in place (token 0, parent = itself).
+    rows = tf.range(batch)
     beam_max = tf.reshape(_tile(max_len, k), [batch, k])
     log_probs = tf.tile(tf.constant([[0.0] + [NEG_INF] * (k - 1)]), [batch, 1])
     finished = tf.zeros([batch, k], tf.bool)
     lengths = tf.zeros([batch, k], tf.int32)
     tokens = tf.fill([batch * k], bos_id)
-    offsets = (tf.range(batch) * k)[:, tf.newaxis]
+    final = (log_probs, lengths)
     history = (tf.TensorArray(tf.int32, size=0, dynamic_size=True),   # emitted tokens
                tf.TensorArray(tf.int32, size=0, dynamic_size=True),   # parent beams
                tf.TensorArray(tf.float32, size=0, dynamic_size=True))  # attention
+    in_place = tf.tile(tf.range(k)[tf.newaxis], [batch, 1])
 
-    best_possible = length_penalty(beam_max, alpha)
+    def cond(t, rows, *_):
+        return tf.logical_and(t <= limit, tf.size(rows) > 0)
 
-    def cond(t, tokens, state, log_probs, finished, lengths, history):
-        # A sentence is settled once its n_best-th finished hypothesis scores at least
-        # what any live beam could still reach: log-probabilities only fall and the
-        # length penalty is largest at the length limit, so ``log_prob / lp(max_len)``
-        # bounds a live beam's final score. Stopping then returns exactly what
-        # running on would (those finished beams can no longer leave the top k).
-        final = tf.where(finished, log_probs / length_penalty(lengths, alpha), -np.inf)
-        nth_finished = tf.math.top_k(final, k=n_best).values[:, -1]
-        bound = tf.reduce_max(tf.where(finished, -np.inf, log_probs / best_possible), axis=1)
-        settled = tf.logical_or(tf.reduce_all(finished, axis=1), nth_finished >= bound)
-        return tf.logical_and(t <= limit, tf.logical_not(tf.reduce_all(settled)))
+    def body(t, rows, tokens, state, constant, beam_max, log_probs, finished, lengths, final,
+             history):
+        active = tf.shape(rows)[0]
 
-    def body(t, tokens, state, log_probs, finished, lengths, history):
+        def full(values, rest):
+            """``values`` of the active sentences -> ``(batch, ...)``, ``rest`` elsewhere."""
+            return tf.tensor_scatter_nd_update(rest, rows[:, tf.newaxis], values)
+
         logits, new_state, attention = step_fn(tokens, {**state, **constant})
-        state = {key: new_state[key] for key in state} if constant else new_state
-        logp = tf.reshape(_step_log_probs(logits, normalized), [batch, k, -1])
+        state = {key: new_state[key] for key in state} if constant_keys else new_state
+        logp = tf.reshape(_step_log_probs(logits, normalized), [active, k, -1])
         vocab = tf.shape(logp)[2]
         eos_only = tf.where(tf.range(vocab) == eos_id, 0.0, NEG_INF)
         # finished beams and beams at their length limit may only emit EOS
         force = tf.logical_or(finished, t >= beam_max)
         logp = tf.where(force[:, :, tf.newaxis], eos_only[tf.newaxis, tf.newaxis], logp)
-        total = log_probs[:, :, tf.newaxis] + logp  # (batch, k, vocab)
+        total = log_probs[:, :, tf.newaxis] + logp  # (active, k, vocab)
         # EOS and finished beams do not lengthen a hypothesis; a candidate's length is
         # one of two per beam, so the penalty is computed per beam, not per token
         grows = tf.logical_and(tf.logical_not(finished)[:, :, tf.newaxis],
                                tf.not_equal(tf.range(vocab), eos_id)[tf.newaxis, tf.newaxis])
         inv_lp = tf.where(grows, 1.0 / length_penalty(lengths + 1, alpha)[:, :, tf.newaxis],
                           1.0 / length_penalty(lengths, alpha)[:, :, tf.newaxis])
-        _, top_idx = tf.math.top_k(tf.reshape(total * inv_lp, [batch, -1]), k=k)
+        _, top_idx = tf.math.top_k(tf.reshape(total * inv_lp, [active, -1]), k=k)
         parent = top_idx // vocab
         token = top_idx % vocab
-        log_probs = tf.gather(tf.reshape(total, [batch, -1]), top_idx, batch_dims=1)
+        log_probs = tf.gather(tf.reshape(total, [active, -1]), top_idx, batch_dims=1)
         finished = tf.logical_or(tf.gather(finished, parent, batch_dims=1),
                                  tf.equal(token, eos_id))
         lengths = tf.gather(lengths, parent, batch_dims=1) + tf.cast(
             tf.logical_not(finished), tf.int32)
-        flat = tf.reshape(parent + offsets, [-1])
-        state = tf.nest.map_structure(lambda x: tf.gather(x, flat), state)
         out_tokens, parents, attn = history
-        out_tokens = out_tokens.write(t, tf.where(finished, 0, token))
-        parents = parents.write(t, parent)
+        out_tokens = out_tokens.write(t, full(tf.where(finished, 0, token), tf.zeros_like(in_place)))
+        parents = parents.write(t, full(parent, in_place))
         if return_attention:
             # computed by the parent beams: store it under the surviving beams' slots
-            attn = attn.write(t, tf.gather(tf.reshape(tf.cast(attention, tf.float32),
-                                                      [batch, k, -1]), parent, batch_dims=1))
-        return (t + 1, tf.reshape(token, [-1]), state, log_probs, finished, lengths,
+            attn_active = tf.gather(tf.reshape(tf.cast(attention, tf.float32), [active, k, -1]),
+                                    parent, batch_dims=1)
+            attn = attn.write(t, full(attn_active, tf.zeros(
+                tf.concat([[batch, k], tf.shape(attn_active)[2:]], 0))))
+        final = (full(log_probs, final[0]), full(lengths, final[1]))
+        # A sentence is settled once its n_best-th finished hypothesis scores at least
+        # what any live beam could still reach: log-probabilities only fall and the
+        # length penalty is largest at the length limit, so ``log_prob / lp(max_len)``
+        # bounds a live beam's final score. Stopping then returns exactly what
+        # running on would (those finished beams can no longer leave the top k: a live
+        # beam's candidates rank below that bound too).
+        score = tf.where(finished, log_probs / length_penalty(lengths, alpha), -np.inf)
+        nth_finished = tf.math.top_k(score, k=n_best).values[:, -1]
+        bound = tf.reduce_max(
+            tf.where(finished, -np.inf, log_probs / length_penalty(beam_max, alpha)), axis=1)
+        settled = tf.logical_or(tf.reduce_all(finished, axis=1), nth_finished >= bound)
+        # the active sentences' next rows: the surviving beams of the unsettled ones
+        keep = tf.cast(tf.where(tf.logical_not(settled))[:, 0], tf.int32)
+        parent, token = tf.gather(parent, keep), tf.gather(token, keep)
+        flat = tf.reshape(parent + (keep * k)[:, tf.newaxis], [-1])
+        state = tf.nest.map_structure(lambda x: tf.gather(x, flat), state)
+        if constant_keys:  # unchanged by the step; gathered only when a sentence leaves
+            beams = tf.reshape((keep * k)[:, tf.newaxis] + tf.range(k)[tf.newaxis], [-1])
+            constant = tf.cond(tf.reduce_any(settled),
+                               lambda: tf.nest.map_structure(lambda x: tf.gather(x, beams),
+                                                             constant),
+                               lambda: constant)
+        return (t + 1, tf.gather(rows, keep), tf.reshape(token, [-1]), state, constant,
+                tf.gather(beam_max, keep), tf.gather(log_probs, keep),
+                tf.gather(finished, keep), tf.gather(lengths, keep), final,
                 (out_tokens, parents, attn))
 
-    _, _, _, log_probs, _, lengths, history = tf.while_loop(
-        cond, body, (tf.constant(0), tokens, state, log_probs, finished, lengths, history),
-        maximum_iterations=tf.maximum(limit + 1, 0))  # cond's bound, explicit in the graph
+    loop_vars = (tf.constant(0), rows, tokens, state, constant, beam_max, log_probs, finished,
+                 lengths, final, history)
+    loop = tf.while_loop(cond, body, loop_vars, shape_invariants=_shrinking(loop_vars, 1, 9),
+                         maximum_iterations=tf.maximum(limit + 1, 0))  # cond's bound, explicit
+    log_probs, lengths = loop[9]
+    history = loop[10]
     scores = log_probs / length_penalty(lengths, alpha)
     order = tf.argsort(scores, axis=1, direction="DESCENDING", stable=True)[:, :n_best]
     seqs, attention = _backtrack(history, order, return_attention)
@@ -237,6 +289,21 @@ def beam_search(
         tf.gather(scores, order, batch_dims=1),
         attention,
     )
+
+
+def _shrinking(loop_vars, first: int, stop: int):
+    """``tf.while_loop`` shape invariants: the tensors of ``loop_vars[first:stop]`` may
+    change their first dimension (the active rows) from one iteration to the next."""
+    def loose(x):
+        if isinstance(x, tf.TensorArray):
+            return tf.TensorShape(None)
+        return tf.TensorShape([None]).concatenate(x.shape[1:])
+
+    def fixed(x):
+        return tf.TensorShape(None) if isinstance(x, tf.TensorArray) else x.shape
+
+    return tuple(tf.nest.map_structure(loose if first <= i < stop else fixed, v)
+                 for i, v in enumerate(loop_vars))
 
 
 def _backtrack(history, beams: tf.Tensor, return_attention: bool):
