@@ -204,6 +204,17 @@ def test_a_settled_sentence_leaves_the_batch_and_its_result_stays():
     assert not att[0, 0, 1:].any()
 
 
+def test_a_live_beam_that_ties_the_finished_one_is_not_returned_cut_off():
+    # EOS at once (p 0.5) or UNK, then UNK forever with log-probability that vanishes in
+    # float32: at alpha 0 the live UNK beam ties the finished hypothesis exactly, the
+    # sentence is settled, and the finished hypothesis is what comes back, alone or batched
+    tie = table({BOS: {EOS: 0.5, UNK: 0.5}, UNK: {UNK: 1.0}})
+    for sids in ([0], [0, 1]):
+        r = run(np.stack([tie, ENDLESS]), sids, "beam", max_len=5, beam_size=2)
+        assert seqs(r)[0] == [], sids
+        assert r.scores.numpy()[0, 0] == pytest.approx(math.log(0.5), abs=1e-6)
+
+
 @pytest.mark.parametrize("search", ["greedy", "beam"])
 def test_normalized_step_output_is_scored_as_given(search):
     """``normalized=True`` (an ensemble's mean log-probabilities, which need not sum to 1

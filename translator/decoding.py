@@ -189,7 +189,7 @@ def beam_search(
     # batch, and a sentence leaves (its rows are gathered out of every tensor) once it is
     # settled (see below), so the step function runs on fewer rows as sentences end. What
     # the caller gets back is kept at full size: ``final`` holds every sentence's beam
-    # scores and lengths, and each step's history is written for the whole batch, a
+    # scores, lengths and finished flags, and each step's history is written for the whole batch, a
     # settled sentence's as EOS padding with its beams in place (token 0, parent = itself).
     rows = tf.range(batch)
     beam_max = tf.reshape(_tile(max_len, k), [batch, k])
@@ -197,7 +197,7 @@ def beam_search(
     finished = tf.zeros([batch, k], tf.bool)
     lengths = tf.zeros([batch, k], tf.int32)
     tokens = tf.fill([batch * k], bos_id)
-    final = (log_probs, lengths)
+    final = (log_probs, lengths, finished)
     history = (tf.TensorArray(tf.int32, size=0, dynamic_size=True),   # emitted tokens
                tf.TensorArray(tf.int32, size=0, dynamic_size=True),   # parent beams
                tf.TensorArray(tf.float32, size=0, dynamic_size=True))  # attention
@@ -246,7 +246,7 @@ def beam_search(
                                     parent, batch_dims=1)
             attn = attn.write(t, full(attn_active, tf.zeros(
                 tf.concat([[batch, k], tf.shape(attn_active)[2:]], 0))))
-        final = (full(log_probs, final[0]), full(lengths, final[1]))
+        final = (full(log_probs, final[0]), full(lengths, final[1]), full(finished, final[2]))
         # A sentence is settled once its n_best-th finished hypothesis scores at least
         # what any live beam could still reach: log-probabilities only fall and the
         # length penalty is largest at the length limit, so ``log_prob / lp(max_len)``
@@ -278,10 +278,15 @@ def beam_search(
                  lengths, final, history)
     loop = tf.while_loop(cond, body, loop_vars, shape_invariants=_shrinking(loop_vars, 1, 9),
                          maximum_iterations=tf.maximum(limit + 1, 0))  # cond's bound, explicit
-    log_probs, lengths = loop[9]
+    log_probs, lengths, finished = loop[9]
     history = loop[10]
     scores = log_probs / length_penalty(lengths, alpha)
-    order = tf.argsort(scores, axis=1, direction="DESCENDING", stable=True)[:, :n_best]
+    # finished hypotheses first: a settled sentence's live beams stopped where they were,
+    # and one that ties the n-best-th finished score exactly must not be returned cut off
+    order = tf.argsort(scores, axis=1, direction="DESCENDING", stable=True)
+    done_first = tf.argsort(tf.cast(tf.gather(finished, order, batch_dims=1), tf.int32), axis=1,
+                            direction="DESCENDING", stable=True)
+    order = tf.gather(order, done_first, batch_dims=1)[:, :n_best]
     seqs, attention = _backtrack(history, order, return_attention)
     return SearchResult(
         seqs,
