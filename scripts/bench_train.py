@@ -17,15 +17,19 @@ of this machine's fp32 matmul peak, measured first in the same run (the best of 
 
 With ``--workers N`` it compares, on the same prepared data (``--sentences`` pairs,
 ``data.max_pairs``), 2 epochs of ``translator train`` each, timed on epoch 2 (epoch 1
-traces): 1 worker with N intra-op threads (plain Keras fit), 1 worker with 1 thread, and N
-workers with 1 thread each (MultiWorkerMirroredStrategy on 127.0.0.1, through
-scripts/launch_local_cluster.py). It reports target tokens/s of each, the scaling
+traces): 1 worker with N intra-op and N inter-op threads (plain Keras fit; TensorFlow's
+default on an N-core machine), 1 worker with N intra-op threads and 1 inter-op thread,
+1 worker with 1 thread of each, and N workers with 1 thread each
+(MultiWorkerMirroredStrategy on 127.0.0.1, through scripts/launch_local_cluster.py).
+``--repeats R`` runs the variants R times in turn (A B C D, A B C D, ...), so a machine
+whose speed drifts affects each variant alike; every pass is printed, and the summary
+takes each variant's median. It reports target tokens/s of each, the scaling
 efficiency (N workers x 1 thread over 1 worker x N threads: the same cores), the time a
 distributed step takes beyond a 1-thread step of the same local batch (communication and
 waiting), and the bytes all-reduced per step.
 
     python scripts/bench_train.py configs/spa-eng.yaml --data-root ../shared/data \
-        --workers 2 --sentences 20000
+        --workers 2 --sentences 10000 --repeats 3
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ def main() -> int:
                    help="the fp32 peak to compare with (default: measured now)")
     p.add_argument("--workers", type=int, default=None,
                    help="compare N worker processes x 1 thread with 1 worker x N threads")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="with --workers: run the variants this many times, in turn")
     args = p.parse_args()
     if args.peak_gflops is None:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -180,43 +186,61 @@ def bench_workers(args) -> int:
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="-1", TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("TF_CONFIG", None)
     here = os.path.dirname(os.path.abspath(__file__))
-    results = {}
-    for name, workers, threads in ((f"1x{n}", 1, n), ("1x1", 1, 1), (f"{n}x1", n, 1)):
-        run = f"{tmp}/{name}"
-        shutil.copytree(paths.root, run)
-        train_args = ["--data-root", str(root), "-q", "--json",
-                      *[a for x in [*sets, f"run_dir={run}"] for a in ("--set", x)]]
-        if workers == 1:
-            cmd = [sys.executable, "-m", "translator", "train", args.config, *train_args,
-                   "--set", "train.distribute=none"]
-            proc_env = dict(env, TF_NUM_INTRAOP_THREADS=str(threads),
-                            TF_NUM_INTEROP_THREADS=str(threads))
-        else:
-            cmd = [sys.executable, os.path.join(here, "launch_local_cluster.py"), args.config,
-                   "--workers", str(workers), "--intra-op-threads", str(threads), "--",
-                   *train_args]
-            proc_env = env
-        start = time.perf_counter()
-        done = subprocess.run(cmd, env=proc_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
-        if done.returncode != 0:
-            print(done.stdout[-4000:], file=sys.stderr)
-            return done.returncode
-        rec = _epoch2(run)
-        rec["wall_seconds"] = round(time.perf_counter() - start, 1)
-        results[name] = rec
+    variants = [(f"1x{n}", 1, n, n), (f"1x{n}-inter1", 1, n, 1), ("1x1", 1, 1, 1),
+                (f"{n}x1", n, 1, 1)]
+    passes: dict[str, list[dict]] = {name: [] for name, *_ in variants}
+    for rep in range(args.repeats):
+        for name, workers, intra, inter in variants:
+            run = f"{tmp}/{name}-{rep}"
+            shutil.copytree(paths.root, run)
+            train_args = ["--data-root", str(root), "-q", "--json",
+                          *[a for x in [*sets, f"run_dir={run}"] for a in ("--set", x)]]
+            if workers == 1:
+                cmd = [sys.executable, "-m", "translator", "train", args.config, *train_args,
+                       "--set", "train.distribute=none"]
+                proc_env = dict(env, TF_NUM_INTRAOP_THREADS=str(intra),
+                                TF_NUM_INTEROP_THREADS=str(inter))
+            else:
+                cmd = [sys.executable, os.path.join(here, "launch_local_cluster.py"), args.config,
+                       "--workers", str(workers), "--intra-op-threads", str(intra), "--",
+                       *train_args]
+                proc_env = env
+            start = time.perf_counter()
+            done = subprocess.run(cmd, env=proc_env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+            if done.returncode != 0:
+                print(done.stdout[-4000:], file=sys.stderr)
+                return done.returncode
+            rec = _epoch2(run)
+            rec["wall_seconds"] = round(time.perf_counter() - start, 1)
+            shutil.rmtree(run, ignore_errors=True)
+            passes[name].append(rec)
+            print(json.dumps({
+                "bench": "train_workers", "variant": name, "repeat": rep, "config": args.config,
+                "sentences": args.sentences, "intra_op_threads": intra,
+                "inter_op_threads": inter, "workers": workers, "steps_epoch2": rec["steps"],
+                "train_seconds_epoch2": rec["train_seconds"],
+                "step_ms": round(1000 * rec["train_seconds"] / max(1, rec["steps"]), 1),
+                "tgt_tokens_per_sec": rec["tgt_tokens_per_sec"],
+                "wall_seconds": rec["wall_seconds"],
+            }), flush=True)
+    # each variant's median pass (by tokens/s); with 2 repeats, the slower one
+    results = {k: sorted(v, key=lambda r: r["tgt_tokens_per_sec"])[(len(v) - 1) // 2]
+               for k, v in passes.items()}
     base, one, dist = results[f"1x{n}"], results["1x1"], results[f"{n}x1"]
     step_ms = {k: 1000 * r["train_seconds"] / max(1, r["steps"]) for k, r in results.items()}
     tokens_per_step = dist["tgt_tokens_per_sec"] * dist["train_seconds"] / max(1, dist["steps"])
-    for k, r in results.items():
-        print(json.dumps({
-            "bench": "train_workers", "variant": k, "config": args.config,
-            "sentences": args.sentences, "steps_epoch2": r["steps"],
-            "train_seconds_epoch2": r["train_seconds"], "step_ms": round(step_ms[k], 1),
-            "tgt_tokens_per_sec": r["tgt_tokens_per_sec"], "wall_seconds": r["wall_seconds"],
-        }), flush=True)
     print(json.dumps({
         "bench": "train_workers_summary", "workers": n, "cores": os.cpu_count(),
+        "repeats": args.repeats,
+        "median_tgt_tokens_per_sec": {k: r["tgt_tokens_per_sec"] for k, r in results.items()},
+        "range_tgt_tokens_per_sec": {k: [min(x["tgt_tokens_per_sec"] for x in v),
+                                         max(x["tgt_tokens_per_sec"] for x in v)]
+                                     for k, v in passes.items()},
+        "inter1_over_default": round(results[f"1x{n}-inter1"]["tgt_tokens_per_sec"]
+                                     / base["tgt_tokens_per_sec"], 3),
+        "one_thread_over_default": round(one["tgt_tokens_per_sec"] / base["tgt_tokens_per_sec"],
+                                         3),
         "matmul_peak_gflops": round(args.peak_gflops, 1),
         "scaling_efficiency": round(dist["tgt_tokens_per_sec"] / base["tgt_tokens_per_sec"], 3),
         "speedup_over_1x1": round(dist["tgt_tokens_per_sec"] / one["tgt_tokens_per_sec"], 3),
