@@ -213,6 +213,7 @@ def bench_workers(args) -> int:
                 return done.returncode
             rec = _epoch2(run)
             rec["wall_seconds"] = round(time.perf_counter() - start, 1)
+            rec["step_ms"] = 1000 * rec["train_seconds"] / max(1, rec["steps"])
             shutil.rmtree(run, ignore_errors=True)
             passes[name].append(rec)
             print(json.dumps({
@@ -220,7 +221,7 @@ def bench_workers(args) -> int:
                 "sentences": args.sentences, "intra_op_threads": intra,
                 "inter_op_threads": inter, "workers": workers, "steps_epoch2": rec["steps"],
                 "train_seconds_epoch2": rec["train_seconds"],
-                "step_ms": round(1000 * rec["train_seconds"] / max(1, rec["steps"]), 1),
+                "step_ms": round(rec["step_ms"], 1),
                 "tgt_tokens_per_sec": rec["tgt_tokens_per_sec"],
                 "wall_seconds": rec["wall_seconds"],
             }), flush=True)
@@ -228,7 +229,6 @@ def bench_workers(args) -> int:
     results = {k: sorted(v, key=lambda r: r["tgt_tokens_per_sec"])[(len(v) - 1) // 2]
                for k, v in passes.items()}
     base, one, dist = results[f"1x{n}"], results["1x1"], results[f"{n}x1"]
-    step_ms = {k: 1000 * r["train_seconds"] / max(1, r["steps"]) for k, r in results.items()}
     tokens_per_step = dist["tgt_tokens_per_sec"] * dist["train_seconds"] / max(1, dist["steps"])
     print(json.dumps({
         "bench": "train_workers_summary", "workers": n, "cores": os.cpu_count(),
@@ -244,7 +244,7 @@ def bench_workers(args) -> int:
         "matmul_peak_gflops": round(args.peak_gflops, 1),
         "scaling_efficiency": round(dist["tgt_tokens_per_sec"] / base["tgt_tokens_per_sec"], 3),
         "speedup_over_1x1": round(dist["tgt_tokens_per_sec"] / one["tgt_tokens_per_sec"], 3),
-        "extra_ms_per_step_vs_1x1": round(step_ms[f"{n}x1"] - step_ms["1x1"], 1),
+        "extra_ms_per_step_vs_1x1": round(dist["step_ms"] - one["step_ms"], 1),
         "global_tgt_tokens_per_step": round(tokens_per_step, 1),
         "trainable_parameters": trainable,
         # one dense fp32 all-reduce of the gradients plus the token-count scalar; the

@@ -106,9 +106,6 @@ def greedy_search(
         return tf.logical_and(t <= limit, tf.size(rows) > 0)
 
     def body(t, rows, tokens, state, max_len, scores, lengths, final, out_tokens, out_attn):
-        def full(values, rest):
-            return tf.tensor_scatter_nd_update(rest, rows[:, tf.newaxis], values)
-
         logits, state, attention = step_fn(tokens, state)
         logp = _step_log_probs(logits, normalized)
         at_limit = t >= max_len
@@ -119,13 +116,13 @@ def greedy_search(
         scores += tf.gather(logp, next_tokens, batch_dims=1)
         is_eos = tf.equal(next_tokens, eos_id)
         lengths += tf.cast(tf.logical_not(is_eos), tf.int32)
-        out_tokens = out_tokens.write(t, full(tf.where(is_eos, 0, next_tokens),
-                                              tf.zeros([batch], tf.int32)))
+        out_tokens = out_tokens.write(
+            t, _full(rows, tf.where(is_eos, 0, next_tokens), tf.zeros([batch], tf.int32)))
         if return_attention:
             attention = tf.cast(attention, tf.float32)
-            out_attn = out_attn.write(t, full(attention, tf.zeros(
+            out_attn = out_attn.write(t, _full(rows, attention, tf.zeros(
                 tf.stack([batch, tf.shape(attention)[1]]))))
-        final = (full(scores, final[0]), full(lengths, final[1]))
+        final = (_full(rows, scores, final[0]), _full(rows, lengths, final[1]))
         keep = tf.cast(tf.where(tf.logical_not(is_eos))[:, 0], tf.int32)
         # the state is gathered only when a sentence ends (most of it, the encoder
         # memory, does not change from step to step)
@@ -147,6 +144,11 @@ def greedy_search(
         attention = tf.transpose(loop[9].stack(), (1, 0, 2))[:, tf.newaxis]
     return SearchResult(tokens[:, tf.newaxis], lengths[:, tf.newaxis], scores[:, tf.newaxis],
                         attention)
+
+
+def _full(rows: tf.Tensor, values: tf.Tensor, rest: tf.Tensor) -> tf.Tensor:
+    """The active sentences' ``values`` placed at their batch ``rows`` of ``rest``."""
+    return tf.tensor_scatter_nd_update(rest, rows[:, tf.newaxis], values)
 
 
 def _tile(x: tf.Tensor, beam: int) -> tf.Tensor:
@@ -189,8 +191,9 @@ def beam_search(
     # batch, and a sentence leaves (its rows are gathered out of every tensor) once it is
     # settled (see below), so the step function runs on fewer rows as sentences end. What
     # the caller gets back is kept at full size: ``final`` holds every sentence's beam
-    # scores, lengths and finished flags, and each step's history is written for the whole batch, a
-    # settled sentence's as EOS padding with its beams in place (token 0, parent = itself).
+    # scores, lengths and finished flags, and each step's history is written for the whole
+    # batch, a settled sentence's as EOS padding with its beams in place (token 0, parent =
+    # itself).
     rows = tf.range(batch)
     beam_max = tf.reshape(_tile(max_len, k), [batch, k])
     log_probs = tf.tile(tf.constant([[0.0] + [NEG_INF] * (k - 1)]), [batch, 1])
@@ -209,10 +212,6 @@ def beam_search(
     def body(t, rows, tokens, state, constant, beam_max, log_probs, finished, lengths, final,
              history):
         active = tf.shape(rows)[0]
-
-        def full(values, rest):
-            """``values`` of the active sentences -> ``(batch, ...)``, ``rest`` elsewhere."""
-            return tf.tensor_scatter_nd_update(rest, rows[:, tf.newaxis], values)
 
         logits, new_state, attention = step_fn(tokens, {**state, **constant})
         state = {key: new_state[key] for key in state} if constant_keys else new_state
@@ -238,15 +237,17 @@ def beam_search(
         lengths = tf.gather(lengths, parent, batch_dims=1) + tf.cast(
             tf.logical_not(finished), tf.int32)
         out_tokens, parents, attn = history
-        out_tokens = out_tokens.write(t, full(tf.where(finished, 0, token), tf.zeros_like(in_place)))
-        parents = parents.write(t, full(parent, in_place))
+        out_tokens = out_tokens.write(
+            t, _full(rows, tf.where(finished, 0, token), tf.zeros_like(in_place)))
+        parents = parents.write(t, _full(rows, parent, in_place))
         if return_attention:
             # computed by the parent beams: store it under the surviving beams' slots
             attn_active = tf.gather(tf.reshape(tf.cast(attention, tf.float32), [active, k, -1]),
                                     parent, batch_dims=1)
-            attn = attn.write(t, full(attn_active, tf.zeros(
+            attn = attn.write(t, _full(rows, attn_active, tf.zeros(
                 tf.concat([[batch, k], tf.shape(attn_active)[2:]], 0))))
-        final = (full(log_probs, final[0]), full(lengths, final[1]), full(finished, final[2]))
+        final = (_full(rows, log_probs, final[0]), _full(rows, lengths, final[1]),
+                 _full(rows, finished, final[2]))
         # A sentence is settled once its n_best-th finished hypothesis scores at least
         # what any live beam could still reach: log-probabilities only fall and the
         # length penalty is largest at the length limit, so ``log_prob / lp(max_len)``
