@@ -9,8 +9,11 @@ requests (``POST /translate``, the run's test split, in turn) until ``--requests
 ``--requests-unbatched`` for max-batch 1) are answered or ``--time-limit`` seconds have
 passed, and reports requests/s, sentences/s, p50/p95/p99 latency, errors, the server's
 RSS after the first ``--rss-after`` requests and at the end (and its peak, VmHWM), and the
-server's batch-size histogram (from ``/v1/stats``, the warm-up left out). The server is
-then stopped with SIGTERM and its exit code recorded. Linux only (reads /proc).
+server's batch-size histogram (from ``/v1/stats``, the warm-up left out). To show where the
+time goes it also reports, over the timed requests: the share of wall time the server's
+decoding thread was busy (``decode_busy``), and the CPU seconds of the server process and of
+the client threads (``cpu_seconds``; both share this machine's cores). The server is then
+stopped with SIGTERM and its exit code recorded. Linux only (reads /proc).
 """
 
 from __future__ import annotations
@@ -43,6 +46,12 @@ def rss_kib(pid: int) -> tuple[int, int]:
     fields = dict(re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(),
                              re.MULTILINE))
     return int(fields.get("VmRSS", 0)), int(fields.get("VmHWM", 0))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def read_test_sentences(run_dir: Path, split: str) -> tuple[list[str], str, str]:
@@ -140,9 +149,11 @@ def bench(run_dir: Path, max_batch: int, total: int, sentences, src, tgt, args) 
                 rss_at[done] = rss_kib(proc.pid)[0]
 
         load_before = os.getloadavg()[0]
+        server_cpu, own_cpu = cpu_seconds(proc.pid), time.process_time()
         latencies, errors, seconds, timed_out = run_clients(
             host, port, sentences, src, tgt, total, args.clients, args.time_limit, on_done)
         rss_end, peak = rss_kib(proc.pid)
+        server_cpu, own_cpu = cpu_seconds(proc.pid) - server_cpu, time.process_time() - own_cpu
         load_after = os.getloadavg()[0]
         after = get_json(host, port, "/v1/stats")
     finally:
@@ -182,6 +193,12 @@ def bench(run_dir: Path, max_batch: int, total: int, sentences, src, tgt, args) 
         "batch_sizes": {str(k): v for k, v in sizes.items()},
         "mean_batch_size": round(sum(k * v for k, v in sizes.items()) / batches, 2)
         if batches else 0.0,
+        # where the time went: the decoding thread's busy share of the wall time, and the
+        # CPU seconds of the server and of this process's client threads
+        "decode_busy": round((after["decode_seconds"] - before["decode_seconds"]) / seconds, 3)
+        if seconds else None,
+        "cpu_seconds": {"server": round(server_cpu, 1), "clients": round(own_cpu, 1),
+                        "cores_x_wall": round((os.cpu_count() or 1) * seconds, 1)},
         "server_exit_code": code, "cores": os.cpu_count(),
         # other work on the machine: the 1-minute load average before and after the clients
         "loadavg_1min": [round(load_before, 2), round(load_after, 2)],

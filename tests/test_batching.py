@@ -68,6 +68,23 @@ def test_a_batch_waits_max_wait_after_its_first_job():
     assert [items for _, items in rec.calls] == [["s0", "s1", "s2"]]
 
 
+def test_a_job_that_waited_for_the_worker_waits_max_wait_from_when_it_is_free():
+    # closed-loop clients: the ones the last batch answered come back a moment later and
+    # join the job that queued behind that batch, instead of forming a batch of their own
+    rec = Recorder()
+    b = MicroBatcher(rec, max_batch=64, max_wait=0.5)
+    first = hold_worker(b, rec)
+    queued = b.submit("k", ["queued"])
+    time.sleep(0.6)  # longer than max_wait since the queued job arrived
+    rec.release.set()
+    assert first.result(5) == ["FIRST"]
+    time.sleep(0.1)
+    came_back = b.submit("k", ["came back"])
+    assert queued.result(5) == ["QUEUED"] and came_back.result(5) == ["CAME BACK"]
+    b.close()
+    assert [items for _, items in rec.calls] == [["first"], ["queued", "came back"]]
+
+
 def test_only_jobs_with_the_same_key_share_a_batch_and_others_keep_their_place():
     rec = Recorder()
     b = MicroBatcher(rec, max_batch=10, max_wait=0.0)

@@ -115,6 +115,8 @@ def test_health_languages_and_model(server, reference):
                                "max_body_bytes": 1024 * 1024}
     assert info["train_max_len"] == 20 and info["weights"] == "best.weights.h5"
     assert info["test"] is None  # no evaluate record saved in the run dir
+    # serve turns oneDNN off unless the environment says otherwise (flat RSS under load)
+    assert info["tf_enable_onednn_opts"] == os.environ.get("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 def test_model_reports_the_test_bleu_saved_in_the_run(memorized_run, tmp_path):
@@ -417,6 +419,7 @@ def test_demo_page_in_headless_chromium(server, memorized_run, tmp_path):
     if paths is None:
         pytest.skip(reason)
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -430,7 +433,9 @@ def test_demo_page_in_headless_chromium(server, memorized_run, tmp_path):
     driver = webdriver.Chrome(service=Service(paths[1]), options=options)
     src, tgt = memorized_run["src"], memorized_run["tgt"]
     try:
-        wait = WebDriverWait(driver, 60)
+        # the page replaces its results when an answer comes: an element found just
+        # before that goes stale, and the wait looks again
+        wait = WebDriverWait(driver, 60, ignored_exceptions=(StaleElementReferenceException,))
         driver.get(server.url)
         wait.until(lambda d: "parameters" in d.find_element(By.ID, "model-info").text)
         assert driver.find_element(By.ID, "pair").text == "xx → yy"

@@ -4,7 +4,11 @@ Callers :meth:`MicroBatcher.submit` a :class:`Job` (a key and a list of items) f
 thread, or ``await`` :meth:`MicroBatcher.run` from an event loop. One worker thread, the
 only one that calls ``batch_fn``, takes a batch when it holds ``max_batch`` items or
 ``max_wait`` seconds have passed since the arrival of its first job, whichever comes
-first; jobs that are already waiting then join it up to ``max_batch`` items. Only jobs
+first; jobs that are already waiting then join it up to ``max_batch`` items. A job that
+arrived while the worker was busy waits ``max_wait`` from the moment the worker is free
+instead: the callers the previous batch has just answered then have that long to send
+their next job and join (closed-loop clients would otherwise split into two groups that
+take turns, each decoded in batches half the size). Only jobs
 with the same key (e.g. the same search settings) share a batch; the others keep their
 place for the next one. A job is never split: a job larger than ``max_batch`` is a batch
 of its own. ``batch_fn(key, items)`` returns one result per item; its results are split
@@ -74,6 +78,7 @@ class MicroBatcher:
         self._closed = False
         self._pending = 0  # jobs submitted and not yet answered
         self._stats = BatchStats()
+        self._free_since = time.monotonic()  # when the worker last finished a batch
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
@@ -135,7 +140,8 @@ class MicroBatcher:
                     return
             batch = [first]
             size = len(first.items)
-            deadline = first.arrived + self.max_wait
+            # a job that waited for the worker gets its wait from when the worker is free
+            deadline = max(first.arrived, self._free_since) + self.max_wait
             # the jobs held back earlier arrived first: they join before newer ones
             for job in list(self._held):
                 if size >= self.max_batch:
@@ -161,6 +167,7 @@ class MicroBatcher:
                     batch.append(job)
                     size += len(job.items)
             self._run_batch(first.key, batch)
+            self._free_since = time.monotonic()
 
     def _run_batch(self, key: Hashable, batch: list[Job]) -> None:
         # a job whose caller went away (a cancelled future) is not decoded;
