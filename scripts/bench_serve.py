@@ -174,6 +174,8 @@ def bench(run_dir: Path, max_batch: int, total: int, sentences, src, tgt, args) 
     return {
         "bench": "serve", "run_dir": str(run_dir), "max_batch": max_batch,
         "server_env": args.server_env,
+        # what the server runs with (serve turns oneDNN off unless the environment says)
+        "server_tf_enable_onednn_opts": model.get("tf_enable_onednn_opts"),
         "batch_wait_ms": args.batch_wait_ms, "beam_size": model["decode"]["beam_size"],
         "clients": args.clients, "requests": total, "answered": done, "errors": len(errors),
         "error_examples": sorted(set(errors))[:3], "time_limited": timed_out,

@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=64, metavar="N",
                    help="most sentences decoded together (default 64; 1 = no batching)")
     p.add_argument("--batch-wait-ms", type=_finite_float, default=5.0, metavar="MS",
-                   help="how long a batch waits for more requests after its first (default 5)")
+                   help="how long a batch waits for more requests after its first, or after "
+                        "the worker is free if it was busy (default 5)")
     p.add_argument("--beam-size", type=int, metavar="K",
                    help="default beam size of requests (default: the run's decode.beam_size)")
     p.add_argument("--weights", metavar="FILE", help=(
