@@ -97,6 +97,21 @@ def test_only_jobs_with_the_same_key_share_a_batch_and_others_keep_their_place()
     assert rec.calls[1:] == [("a", ["1", "3"]), ("b", ["2", "5"]), ("c", ["4"])]
 
 
+def test_held_jobs_keep_their_order_of_arrival_across_keys():
+    # a job that did not fit the batch used to jump ahead of an older job of another key:
+    # with a steady stream of such jobs, the other key was never served
+    rec = Recorder()
+    b = MicroBatcher(rec, max_batch=4, max_wait=0.0)
+    hold_worker(b, rec)
+    a1 = b.submit("a", ["a1", "a1", "a1"])
+    other = b.submit("b", ["b"])
+    a2 = b.submit("a", ["a2", "a2", "a2"])  # does not fit a1's batch
+    rec.release.set()
+    assert [f.result(5) for f in (a1, other, a2)] == [["A1"] * 3, ["B"], ["A2"] * 3]
+    b.close()
+    assert [key for key, _ in rec.calls] == ["k", "a", "b", "a"]
+
+
 def test_a_job_larger_than_max_batch_is_a_batch_of_its_own():
     rec = Recorder()
     b = MicroBatcher(rec, max_batch=2, max_wait=0.0)

@@ -616,7 +616,7 @@ def cmd_serve(args) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: other machines can reach this server", args.host)
     # oneDNN's kernels cache per tensor shape, and a server's batches come in ever new
-    # shapes: with them on, the RSS grew 13-18 % over 3,000-10,000 requests; off, about 1-5 %
+    # shapes: with them on, the RSS grew 13-19 % over 3,000-10,000 requests; off, about 1-5 %
     # at the same speed (README, "Serving load benchmark"). The user's own setting wins;
     # TensorFlow reads it once, at import.
     if "tensorflow" not in sys.modules:

@@ -73,7 +73,8 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.max_wait = max_wait
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._held: collections.deque[Job] = collections.deque()  # arrived, other key
+        # arrived, not yet in a batch (another key, or did not fit): oldest first
+        self._held: collections.deque[Job] = collections.deque()
         self._lock = threading.Lock()
         self._closed = False
         self._pending = 0  # jobs submitted and not yet answered
@@ -159,15 +160,24 @@ class MicroBatcher:
                 if job is _STOP:
                     stopping = True  # answer all that came before it, then stop
                 elif job.key != first.key:
-                    self._held.append(job)
+                    self._hold(job)
                 elif size + len(job.items) > self.max_batch:
-                    self._held.appendleft(job)  # first in the next batch
+                    self._hold(job)
                     break
                 else:
                     batch.append(job)
                     size += len(job.items)
             self._run_batch(first.key, batch)
             self._free_since = time.monotonic()
+
+    def _hold(self, job: Job) -> None:
+        """Keep ``job`` for a later batch, in order of arrival: the oldest held job starts
+        the next batch, whatever its key, so a steady stream of one key (jobs that do not
+        fit the batch being filled) cannot keep another key waiting."""
+        i = len(self._held)
+        while i > 0 and self._held[i - 1].arrived > job.arrived:
+            i -= 1
+        self._held.insert(i, job)
 
     def _run_batch(self, key: Hashable, batch: list[Job]) -> None:
         # a job whose caller went away (a cancelled future) is not decoded;
