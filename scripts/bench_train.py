@@ -245,6 +245,11 @@ def bench_workers(args) -> int:
         "scaling_efficiency": round(dist["tgt_tokens_per_sec"] / base["tgt_tokens_per_sec"], 3),
         "speedup_over_1x1": round(dist["tgt_tokens_per_sec"] / one["tgt_tokens_per_sec"], 3),
         "extra_ms_per_step_vs_1x1": round(dist["step_ms"] - one["step_ms"], 1),
+        # the same, against a 1-thread step scaled to one worker's share of the global step
+        # (each worker flushes its own partial batches, so its batches are a bit smaller)
+        "extra_ms_per_step_vs_1x1_same_tokens": round(
+            dist["step_ms"] - one["step_ms"] * (tokens_per_step / n) / max(
+                1e-9, one["tgt_tokens_per_sec"] * one["step_ms"] / 1000), 1),
         "global_tgt_tokens_per_step": round(tokens_per_step, 1),
         "trainable_parameters": trainable,
         # one dense fp32 all-reduce of the gradients plus the token-count scalar; the

@@ -98,6 +98,27 @@ def test_parse_tf_config_and_resolve():
         resolve_distribute("multi_worker", {})
 
 
+def test_a_worker_listens_on_its_port_whatever_address_the_others_use():
+    # TF_CONFIG holds how the others reach a worker (a DNS name, an address behind NAT),
+    # which need not be one of its own interfaces; TensorFlow's server listens on all of them
+    import socket
+
+    from translator.distributed import Cluster, wait_for_workers
+    from translator.errors import UserError
+
+    with socket.socket() as peer, socket.socket() as taken:
+        peer.bind(("127.0.0.1", 0))
+        peer.listen(1)
+        own = _free_port()
+        other = f"127.0.0.1:{peer.getsockname()[1]}"
+        wait_for_workers(Cluster((f"192.0.2.10:{own}", other), 0, "chief/0"), timeout=5)
+        taken.bind(("", 0))
+        taken.listen(1)
+        busy = taken.getsockname()[1]
+        with pytest.raises(UserError, match=f"cannot listen on port {busy}.*port taken"):
+            wait_for_workers(Cluster((f"127.0.0.1:{busy}", other), 0, "chief/0"), timeout=5)
+
+
 def test_distribute_config_is_strict(tmp_path):
     from translator.config import ConfigError, config_from_dict
 

@@ -187,21 +187,22 @@ def wait_for_workers(cluster: Cluster, timeout: float) -> None:
 
     TensorFlow's own start-up waits for the cluster without a deadline (and ignores SIGTERM
     while it waits), so a missing or mistyped worker would hang every other one. Meanwhile
-    this worker listens on its own address (until the strategy's server takes it over), so
-    the others see it, whichever starts first."""
+    this worker listens on its own port (until the strategy's server takes it over), so
+    the others see it, whichever starts first. Like TensorFlow's server, it listens on every
+    interface: the address in ``TF_CONFIG`` is how the others reach this worker (a DNS name,
+    an address behind NAT or a mapped port), not necessarily one of its own."""
     host, _, port = cluster.addresses[cluster.index].rpartition(":")
     listener = None
     try:
         listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((host.strip("[]"), int(port)))
+        listener.bind(("::" if ":" in host else "", int(port)))
         listener.listen(64)
     except OSError as exc:
         if listener is not None:
             listener.close()
-        raise UserError(f"{TF_CONFIG_ENV}: worker {cluster.task} cannot listen on "
-                        f"{cluster.addresses[cluster.index]} ({exc.strerror or exc}); is the "
-                        "port taken, or the address not this machine's?") from None
+        raise UserError(f"{TF_CONFIG_ENV}: worker {cluster.task} cannot listen on port {port} "
+                        f"({exc.strerror or exc}); is the port taken?") from None
     try:
         waiting = list(cluster.others)
         deadline = time.monotonic() + timeout
