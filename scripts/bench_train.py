@@ -229,7 +229,10 @@ def bench_workers(args) -> int:
     results = {k: sorted(v, key=lambda r: r["tgt_tokens_per_sec"])[(len(v) - 1) // 2]
                for k, v in passes.items()}
     base, one, dist = results[f"1x{n}"], results["1x1"], results[f"{n}x1"]
-    tokens_per_step = dist["tgt_tokens_per_sec"] * dist["train_seconds"] / max(1, dist["steps"])
+    def tokens_per_step(r: dict) -> float:
+        return r["tgt_tokens_per_sec"] * r["step_ms"] / 1000
+
+    global_tokens = tokens_per_step(dist)  # over all workers
     print(json.dumps({
         "bench": "train_workers_summary", "workers": n, "cores": os.cpu_count(),
         "repeats": args.repeats,
@@ -248,9 +251,9 @@ def bench_workers(args) -> int:
         # the same, against a 1-thread step scaled to one worker's share of the global step
         # (each worker flushes its own partial batches, so its batches are a bit smaller)
         "extra_ms_per_step_vs_1x1_same_tokens": round(
-            dist["step_ms"] - one["step_ms"] * (tokens_per_step / n) / max(
-                1e-9, one["tgt_tokens_per_sec"] * one["step_ms"] / 1000), 1),
-        "global_tgt_tokens_per_step": round(tokens_per_step, 1),
+            dist["step_ms"] - one["step_ms"] * (global_tokens / n) / max(1e-9, tokens_per_step(one)),
+            1),
+        "global_tgt_tokens_per_step": round(global_tokens, 1),
         "trainable_parameters": trainable,
         # one dense fp32 all-reduce of the gradients plus the token-count scalar; the
         # embedding gradients travel as IndexedSlices (all-gathered rows of the ids in the
