@@ -166,6 +166,44 @@ def test_mirrored_step_equals_single_device_step(clip_norm):
     assert result["max_optimizer_rel_diff"] < 1e-5, result
 
 
+def test_each_replica_draws_its_own_dropout_masks():
+    """Same batch on 2 replicas, training: the logits differ with dropout only (Keras' mirrored
+    seed state gave both replicas one mask); replica 0 draws what one device draws."""
+    r = _run([sys.executable, REPO / "tests" / "replica_dropout.py", "mirrored"], timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["same_as_keras"], result  # outside a strategy: keras.random.dropout's masks
+    assert abs(result["kept_share"] - 0.7) < 0.03, result
+    assert result["replicas_differ_with_dropout"] > 1e-3, result
+    assert result["replica0_vs_single_device"] < 1e-6, result
+    assert result["replicas_differ_without_dropout"] == 0.0, result
+    assert result["replicas_differ_in_inference"] == 0.0, result
+
+
+def test_workers_draw_different_dropout_masks():
+    """2 MultiWorkerMirroredStrategy processes, generators seeded alike: the replica id is
+    global (0 and 1) and the masks differ."""
+    ports = [_free_port(), _free_port()]
+    addresses = [f"127.0.0.1:{p}" for p in ports]
+    procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "replica_dropout.py"), "worker"],
+                              env=_env(TF_CONFIG=_tf_config(addresses, i)), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+             for i in range(2)]
+    results = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=180)
+            assert proc.returncode == 0, err[-3000:]
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert [r["replica_id"] for r in results] == [0, 1]
+    assert all(r["replicas"] == 2 and abs(r["kept"] - 0.5) < 0.05 for r in results), results
+    assert results[0]["mask_sha256"] != results[1]["mask_sha256"]
+
+
 # ----------------------------------------------------------------------------- 2 workers
 
 

@@ -16,7 +16,8 @@ exactly what training trained; only work that does not depend on the recurrence 
 the loop: layer 0's input projection of the embeddings, and, without input feeding, the
 attention (computed for all steps at once after the loop). Dropout masks are drawn once
 per sentence and reused at every step (variational dropout), which keeps random number
-generation out of the loop.
+generation out of the loop. Each replica of a distributed step draws its own masks
+(:mod:`translator.model.dropout`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import tensorflow as tf
 from keras import ops
 
 from translator.model.attention import Attention
+from translator.model.dropout import replica_dropout
 
 
 @keras.saving.register_keras_serializable(package="translator")
@@ -252,7 +254,7 @@ class Decoder(keras.layers.Layer):
 
     def _dropout_mask(self, batch, rate):
         ones = ops.ones((batch, self.units), dtype=self.compute_dtype)
-        return keras.random.dropout(ones, rate, seed=self.seed_generator)
+        return replica_dropout(ones, rate, self.seed_generator)
 
     def call(self, target_in, state, training=False):
         """Teacher-forced decoding of ``target_in`` ``(batch, tgt_len)``.
@@ -261,7 +263,7 @@ class Decoder(keras.layers.Layer):
         """
         x = self.embedding(target_in)
         if training and self.embed_dropout > 0:
-            x = keras.random.dropout(x, self.embed_dropout, seed=self.seed_generator)
+            x = replica_dropout(x, self.embed_dropout, self.seed_generator)
         batch = ops.shape(target_in)[0]
         drop = None
         if training and self.dropout > 0:
@@ -296,7 +298,7 @@ class Decoder(keras.layers.Layer):
             # the recurrence does not depend on attention: attend for all steps at once
             feeds, _ = self._attend(feeds, memory, keys, mask)
         if training and self.dropout > 0:
-            feeds = keras.random.dropout(feeds, self.dropout, seed=self.seed_generator)
+            feeds = replica_dropout(feeds, self.dropout, self.seed_generator)
         return self.project(feeds)
 
     def get_config(self):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from translator.model.dropout import ReplicaDropout
+
 
 @keras.saving.register_keras_serializable(package="translator")
 class Encoder(keras.layers.Layer):
@@ -34,7 +36,7 @@ class Encoder(keras.layers.Layer):
         policy = self.dtype_policy
         self.embedding = keras.layers.Embedding(vocab_size, embed_dim, mask_zero=True,
                                                 name="embedding", dtype=policy)
-        self.embedding_dropout = keras.layers.Dropout(embed_dropout, name="embedding_dropout")
+        self.embedding_dropout = ReplicaDropout(embed_dropout, name="embedding_dropout")
         self.rnns = [
             keras.layers.Bidirectional(
                 keras.layers.LSTM(units // 2, return_sequences=True, return_state=True,
@@ -43,7 +45,7 @@ class Encoder(keras.layers.Layer):
             )
             for i in range(num_layers)
         ]
-        self.layer_dropout = keras.layers.Dropout(dropout, name="layer_dropout")
+        self.layer_dropout = ReplicaDropout(dropout, name="layer_dropout")
 
     def build(self, source_shape=None):
         self.embedding.build((None, None))
