@@ -209,12 +209,9 @@ def test_workers_draw_different_dropout_masks():
 
 @needs_data
 def test_two_workers_train_in_sync(tmp_path):
-    """The tiny config, 2 epochs on 2 worker processes. Fixed batches of 32 sentences here:
-    with length bucketing every worker flushes its own partial batch per bucket, which on a
-    few hundred pairs adds more steps than half (see README)."""
+    """The tiny config (token budget, length bucketing), 2 epochs on 2 worker processes."""
     run = tmp_path / "run"
-    sets = [f"run_dir={run}", "train.epochs=2", "train.bucketing=false",
-            "train.fixed_batch_size=32", "train.distribute_timeout=60"]
+    sets = [f"run_dir={run}", "train.epochs=2", "train.distribute_timeout=60"]
     scratch = Path(tempfile.gettempdir())
     before = set(scratch.glob("translator-worker1-*"))
     r = _run([sys.executable, LAUNCH, TINY, "--workers", "2", "--", "--data-root", SHARED_DATA,
@@ -234,7 +231,8 @@ def test_two_workers_train_in_sync(tmp_path):
     assert all(r["dev_loss"] is not None and r["dev_bleu"] is not None for r in records)
     assert list((run / "logs").glob("events.out.tfevents.*"))
     assert set(scratch.glob("translator-worker1-*")) == before  # worker 1's dir is gone
-    # half the steps of one worker on all the data (which make_dataset counts exactly)
+    # half the batches of one process on all the data (which make_dataset counts exactly):
+    # the workers deal out one stream of batches
     from translator.pipeline import count_batches, filter_by_length
     from translator.prepare import RunPaths, read_prepared_split
     from translator.tokenizer import Tokenizers
@@ -242,10 +240,12 @@ def test_two_workers_train_in_sync(tmp_path):
     paths = RunPaths(run)
     lengths = filter_by_length(read_prepared_split(paths, "train"), Tokenizers.load(run),
                                60).lengths
-    single = count_batches(lengths, max_len=60, batch_tokens=1024, bucketing=False,
-                           fixed_batch_size=32)
+    single = count_batches(lengths, max_len=60, batch_tokens=1024)
     steps = summaries[0]["steps_per_epoch"]
-    assert abs(steps - single / 2) <= 1, (steps, single)
+    assert steps == single // 2, (steps, single)
+    left_out = f" ({single % 2} batches of each epoch's shuffle left out)" if single % 2 else ""
+    assert f"in {single:,} batches, dealt out in turn" in r.stdout
+    assert f"every worker runs {steps:,} steps per epoch{left_out}" in r.stdout
     assert records[0]["optimizer_steps"] == steps and records[1]["optimizer_steps"] == 2 * steps
     # and the checkpoint is an ordinary one: the Translator loads it
     from translator import Translator

@@ -126,3 +126,36 @@ def test_partial_batches_are_spread_over_the_epoch(setup):
     assert positions == list(range(n - len(positions), n))  # unshuffled: all at the end
     positions, n = partial_positions(shuffle=True)
     assert positions != list(range(n - len(positions), n))
+
+
+def test_shards_deal_out_the_batches_of_one_stream_in_turn(setup):
+    """What each worker of a distributed run takes: datasets built apart with the same seed
+    give batches k, k + 2, ... of the unsharded stream, epoch after epoch (the shuffle
+    changes between epochs alike), with the cardinality each worker counts its steps by."""
+    pairs, toks = setup
+    kept, _, _, lengths = filter_by_length(pairs, toks, max_len=40)
+    # a budget that makes an odd number of batches: one worker has a batch more
+    budget = next(b for b in range(300, 100, -10)
+                  if count_batches(lengths, max_len=40, batch_tokens=b) % 2)
+    total = count_batches(lengths, max_len=40, batch_tokens=budget)
+
+    def build(shard=None):
+        return make_dataset(kept, max_len=40, batch_tokens=budget, shuffle=True, seed=9,
+                            lengths=lengths, shard=shard)
+
+    def epoch(it_ds):
+        return [b[0]["source_ids"].numpy() for b in it_ds]
+
+    whole, first, second = build(), build((0, 2)), build((1, 2))
+    assert first.cardinality().numpy() == len(range(0, total, 2))
+    assert second.cardinality().numpy() == len(range(1, total, 2))
+    epochs = []
+    for _ in range(2):
+        batches = epoch(whole)
+        assert len(batches) == total
+        mine, theirs = epoch(first), epoch(second)
+        assert len(mine) == (total + 1) // 2 and len(theirs) == total // 2
+        for got, want in zip(mine + theirs, batches[0::2] + batches[1::2], strict=True):
+            np.testing.assert_array_equal(got, want)
+        epochs.append(batches)
+    assert any(a.shape != b.shape or (a != b).any() for a, b in zip(*epochs, strict=True))

@@ -12,15 +12,19 @@ its own loop around a train step run by ``strategy.run``; the epoch-end work (de
 single-process :class:`~translator.training.EpochEnd`, and the checkpoints are the same
 ``.keras`` files (a run may resume on another number of workers, or without any).
 
-- Each worker reads its own shard of the training pairs (pair ``i`` goes to worker
-  ``i % workers``) and buckets it into batches of ``train.batch_tokens`` itself, so N workers
-  train with a global batch of about N x ``batch_tokens`` tokens.
+- Every worker builds the same stream of batches of ``train.batch_tokens`` from all the
+  training pairs (same shuffle seed) and takes every N-th batch of it (worker ``k`` batches
+  ``k``, ``k + N``, ...), so N workers train with a global batch of about N x
+  ``batch_tokens`` tokens and take turns through the batches one process would have. (Each
+  bucketing a slice of the pairs instead would flush a partial batch per length bucket on
+  every worker: 15 and 18 batches on 2 workers where one process has 23, tiny config.)
 - The loss of a step is the sum of the per-token losses over every replica's batch divided by
   the all-reduced number of target tokens of the step: the gradient is that of one batch made
   of all the replicas' batches. Gradients are all-reduced (summed) once, then clipped by their
   global norm and applied by the Keras optimizer.
-- Workers agree on the steps per epoch (the smallest number of steps any worker's shard
-  gives); the batches a worker has beyond that are left out of that epoch, and said so.
+- Workers agree on the steps per epoch (the number of batches divided by the number of
+  replicas, rounded down); the at most N - 1 batches beyond that are left out of that epoch
+  (other pairs each epoch, since the shuffle differs), and said so.
 - At start-up every worker compares the hash of its resolved config (less ``run_dir``) and of
   its prepared data with every other worker's (an all-gather); a mismatch stops them all.
 - Only the chief decodes the dev set (no collective runs inside decoding); its dev loss and
@@ -55,7 +59,7 @@ import tensorflow as tf
 
 from translator.config import Config, ConfigError, config_to_dict
 from translator.errors import RunError, UserError
-from translator.pipeline import Encoded, count_batches, filter_by_length, make_dataset
+from translator.pipeline import count_batches, filter_by_length, make_dataset
 from translator.prepare import RunPaths, ensure_prepared, read_prepared_split
 from translator.tokenizer import Tokenizers
 from translator.training import (
@@ -520,18 +524,17 @@ def _train(cfg: Config, data_root: Path, strategy: tf.distribute.Strategy, mode:
     if dropped:
         report(f"train: {dropped} pairs longer than train.max_len={tc.max_len} subwords skipped")
 
+    total = count_batches(lengths, max_len=tc.max_len, batch_tokens=tc.batch_tokens,
+                          bucketing=tc.bucketing, fixed_batch_size=tc.fixed_batch_size)
     shard: dict[str, int] = {}
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
         i, n = ctx.input_pipeline_id, ctx.num_input_pipelines
-        ids = Encoded(train_ids.src[i::n], train_ids.tgt[i::n])
-        shard_lengths = lengths[i::n]
-        shard.update(pairs=len(ids), batches=count_batches(
-            shard_lengths, max_len=tc.max_len, batch_tokens=tc.batch_tokens,
-            bucketing=tc.bucketing, fixed_batch_size=tc.fixed_batch_size))
-        return make_dataset(ids, max_len=tc.max_len, batch_tokens=tc.batch_tokens, shuffle=True,
-                            seed=seed, shuffle_buffer=tc.shuffle_buffer, bucketing=tc.bucketing,
-                            fixed_batch_size=tc.fixed_batch_size, lengths=shard_lengths)
+        shard.update(index=i, batches=len(range(i, total, n)))
+        return make_dataset(train_ids, max_len=tc.max_len, batch_tokens=tc.batch_tokens,
+                            shuffle=True, seed=seed, shuffle_buffer=tc.shuffle_buffer,
+                            bucketing=tc.bucketing, fixed_batch_size=tc.fixed_batch_size,
+                            lengths=lengths, shard=(i, n))
 
     dist_ds = strategy.distribute_datasets_from_function(dataset_fn)
     if "batches" not in shard:
@@ -539,15 +542,20 @@ def _train(cfg: Config, data_root: Path, strategy: tf.distribute.Strategy, mode:
     local_replicas = strategy.num_replicas_in_sync // cluster.workers
     counts = gather_rows(strategy, [shard["batches"] // local_replicas, shard["batches"]])
     steps = int(counts[:, 0].min())
+    replicas = strategy.num_replicas_in_sync
     if steps < 1:
-        raise UserError(f"{cfg.run_dir}: {len(train_ids)} training pairs give a worker no full "
-                        f"step on {strategy.num_replicas_in_sync} replicas; use fewer workers "
-                        "or a smaller train.batch_tokens")
-    left_out = int(counts[::local_replicas, 1].sum()) - steps * strategy.num_replicas_in_sync
-    report(f"{mode}: {cluster.workers} worker(s), {strategy.num_replicas_in_sync} replica(s); "
-           f"this worker ({cluster.task}) has {shard['pairs']:,} pairs in {shard['batches']:,} "
-           f"batches; every worker runs {steps:,} steps per epoch"
-           + (f" ({left_out} batches of all workers left out per epoch)" if left_out else ""))
+        smaller = ("train.fixed_batch_size" if not tc.bucketing else "train.batch_tokens")
+        raise UserError(
+            f"{cfg.run_dir}: {len(train_ids):,} training pairs make {total:,} batches, fewer "
+            f"than the {replicas} replicas of {cluster.workers} worker(s); use fewer workers"
+            + (f" or a smaller {smaller}" if len(train_ids) >= replicas else "")
+            + " (every replica needs a batch of its own each step)")
+    left_out = total - steps * replicas
+    report(f"{mode}: {cluster.workers} worker(s), {replicas} replica(s); "
+           f"{len(train_ids):,} pairs in {total:,} batches, dealt out in turn: this worker "
+           f"({cluster.task}) takes {shard['batches']:,} of them; every worker runs "
+           f"{steps:,} steps per epoch"
+           + (f" ({left_out} batches of each epoch's shuffle left out)" if left_out else ""))
 
     with strategy.scope():
         model = _build(cfg, tokenizers, steps)

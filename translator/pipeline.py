@@ -196,6 +196,7 @@ def make_dataset(
     pad_to_bucket_boundary: bool = False,
     lengths: Sequence[int] | None = None,
     sampler: SubwordSampler | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
     """Batches for training or evaluation from pairs of ids that
     :func:`filter_by_length` kept (none longer than ``max_len``).
@@ -212,6 +213,11 @@ def make_dataset(
     texts) each sentence is segmented anew by sampling every time it is read, and the
     bucketing goes by the deterministic length, so the batch count is unchanged (see
     the module docstring).
+
+    ``shard=(index, count)`` keeps batches ``index``, ``index + count``, ... of the batch
+    stream (built alike on every worker of a distributed run from the same ``seed``): the
+    workers deal out the batches one dataset would have, rather than each bucketing a
+    slice of the pairs, which would flush a partial batch per bucket on every worker.
     """
     longest = max((len(x) for x in itertools.chain(ids.src, ids.tgt)), default=0)
     if longest > max_len:
@@ -271,6 +277,8 @@ def make_dataset(
         ds = ds.apply(tf.data.experimental.assert_cardinality(count_batches(
             lengths, max_len=max_len, batch_tokens=batch_tokens, bucketing=bucketing,
             fixed_batch_size=fixed_batch_size)))
+    if shard is not None:
+        ds = ds.shard(shard[1], shard[0])
     return ds.map(_to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
         tf.data.AUTOTUNE
     )
