@@ -16,7 +16,15 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import NO_SHARED_DATA, REPO, SHARED_DATA, toy_config, write_config
+from conftest import (
+    NO_SHARED_DATA,
+    REPO,
+    SHARED_DATA,
+    toy_config,
+    toy_pairs,
+    write_aligned,
+    write_config,
+)
 
 TINY = REPO / "configs" / "tiny.yaml"
 LAUNCH = REPO / "scripts" / "launch_local_cluster.py"
@@ -166,6 +174,28 @@ def test_mirrored_step_equals_single_device_step(clip_norm):
     assert result["max_optimizer_rel_diff"] < 1e-5, result
 
 
+@pytest.mark.parametrize("pairs, remedy", [
+    (40, "use fewer devices or smaller batches (a smaller train.fixed_batch_size)"),
+    (1, "use fewer devices")])
+def test_fewer_batches_than_replicas_is_one_line_with_the_remedy(tmp_path, pairs, remedy):
+    """2 replicas in one process, one batch: exit 2 before training, naming what helps."""
+    src, tgt = toy_pairs(pairs)
+    write_aligned(tmp_path / "toy", "train", src, tgt)
+    write_aligned(tmp_path / "toy", "dev", src[:1], tgt[:1])
+    cfg = write_config(tmp_path / "c.yaml", toy_config(
+        tmp_path / "run", train={"distribute": "mirrored", "bucketing": False,
+                                 "fixed_batch_size": 64, "max_len": 100}))
+    r = _run([sys.executable, REPO / "tests" / "mirrored_cli.py", "train", cfg,
+              "--data-root", tmp_path], timeout=300)
+    assert r.returncode == 2, r.stderr[-3000:]
+    lines = _error_lines(r.stderr)
+    assert lines == [
+        f"translator: error: train: {pairs} training pairs make 1 batch, fewer than the 2 "
+        "replicas (1 worker(s) x 2 device(s)), and every replica needs a batch of its own each "
+        f"step; {remedy}"], r.stderr[-3000:]
+    assert not list((tmp_path / "run").glob("checkpoints/*"))
+
+
 def test_each_replica_draws_its_own_dropout_masks():
     """Same batch on 2 replicas, training: the logits differ with dropout only (Keras' mirrored
     seed state gave both replicas one mask); replica 0 draws what one device draws."""
@@ -243,7 +273,7 @@ def test_two_workers_train_in_sync(tmp_path):
     single = count_batches(lengths, max_len=60, batch_tokens=1024)
     steps = summaries[0]["steps_per_epoch"]
     assert steps == single // 2, (steps, single)
-    left_out = f" ({single % 2} batches of each epoch's shuffle left out)" if single % 2 else ""
+    left_out = " (1 batch of each epoch's shuffle left out)" if single % 2 else ""
     assert f"in {single:,} batches, dealt out in turn" in r.stdout
     assert f"every worker runs {steps:,} steps per epoch{left_out}" in r.stdout
     assert records[0]["optimizer_steps"] == steps and records[1]["optimizer_steps"] == 2 * steps

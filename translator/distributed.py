@@ -23,8 +23,8 @@ single-process :class:`~translator.training.EpochEnd`, and the checkpoints are t
   of all the replicas' batches. Gradients are all-reduced (summed) once, then clipped by their
   global norm and applied by the Keras optimizer.
 - Workers agree on the steps per epoch (the number of batches divided by the number of
-  replicas, rounded down); the at most N - 1 batches beyond that are left out of that epoch
-  (other pairs each epoch, since the shuffle differs), and said so.
+  replicas, rounded down); the at most replicas - 1 batches beyond that are left out of that
+  epoch (other pairs each epoch, since the shuffle differs), and said so.
 - At start-up every worker compares the hash of its resolved config (less ``run_dir``) and of
   its prepared data with every other worker's (an all-gather); a mismatch stops them all.
 - Only the chief decodes the dev set (no collective runs inside decoding); its dev loss and
@@ -544,18 +544,22 @@ def _train(cfg: Config, data_root: Path, strategy: tf.distribute.Strategy, mode:
     steps = int(counts[:, 0].min())
     replicas = strategy.num_replicas_in_sync
     if steps < 1:
-        smaller = ("train.fixed_batch_size" if not tc.bucketing else "train.batch_tokens")
+        fewer = "workers" if cluster.workers > 1 else "devices"
+        smaller = "train.fixed_batch_size" if not tc.bucketing else "train.batch_tokens"
+        remedy = (f"use fewer {fewer} or smaller batches (a smaller {smaller})"
+                  if len(train_ids) >= replicas else f"use fewer {fewer}")
         raise UserError(
-            f"{cfg.run_dir}: {len(train_ids):,} training pairs make {total:,} batches, fewer "
-            f"than the {replicas} replicas of {cluster.workers} worker(s); use fewer workers"
-            + (f" or a smaller {smaller}" if len(train_ids) >= replicas else "")
-            + " (every replica needs a batch of its own each step)")
+            f"train: {len(train_ids):,} training pairs make {total:,} "
+            f"batch{'' if total == 1 else 'es'}, fewer than the {replicas} replicas "
+            f"({cluster.workers} worker(s) x {local_replicas} device(s)), and every replica "
+            f"needs a batch of its own each step; {remedy}")
     left_out = total - steps * replicas
     report(f"{mode}: {cluster.workers} worker(s), {replicas} replica(s); "
            f"{len(train_ids):,} pairs in {total:,} batches, dealt out in turn: this worker "
            f"({cluster.task}) takes {shard['batches']:,} of them; every worker runs "
            f"{steps:,} steps per epoch"
-           + (f" ({left_out} batches of each epoch's shuffle left out)" if left_out else ""))
+           + (f" ({left_out} batch{'' if left_out == 1 else 'es'} of each epoch's shuffle left out)"
+              if left_out else ""))
 
     with strategy.scope():
         model = _build(cfg, tokenizers, steps)
