@@ -262,7 +262,7 @@ def test_two_workers_train_in_sync(tmp_path):
     assert list((run / "logs").glob("events.out.tfevents.*"))
     assert set(scratch.glob("translator-worker1-*")) == before  # worker 1's dir is gone
     # half the batches of one process on all the data (which make_dataset counts exactly):
-    # the workers deal out one stream of batches
+    # the pairs are dealt out in whole batches
     from translator.pipeline import count_batches, filter_by_length
     from translator.prepare import RunPaths, read_prepared_split
     from translator.tokenizer import Tokenizers
@@ -274,7 +274,7 @@ def test_two_workers_train_in_sync(tmp_path):
     steps = summaries[0]["steps_per_epoch"]
     assert steps == single // 2, (steps, single)
     left_out = " (1 batch of each epoch's shuffle left out)" if single % 2 else ""
-    assert f"in {single:,} batches, dealt out in turn" in r.stdout
+    assert f"in {single:,} batches, dealt out by whole batches" in r.stdout
     assert f"every worker runs {steps:,} steps per epoch{left_out}" in r.stdout
     assert records[0]["optimizer_steps"] == steps and records[1]["optimizer_steps"] == 2 * steps
     # and the checkpoint is an ordinary one: the Translator loads it

@@ -8,9 +8,11 @@ from conftest import toy_pairs
 from translator.config import TokenizerConfig
 from translator.corpus import Pairs
 from translator.pipeline import (
+    Encoded,
     bucket_batch_sizes,
     bucket_boundaries,
     count_batches,
+    deal_pairs,
     filter_by_length,
     make_dataset,
 )
@@ -128,34 +130,33 @@ def test_partial_batches_are_spread_over_the_epoch(setup):
     assert positions != list(range(n - len(positions), n))
 
 
-def test_shards_deal_out_the_batches_of_one_stream_in_turn(setup):
-    """What each worker of a distributed run takes: datasets built apart with the same seed
-    give batches k, k + 2, ... of the unsharded stream, epoch after epoch (the shuffle
-    changes between epochs alike), with the cardinality each worker counts its steps by."""
+
+@pytest.mark.parametrize("bucketing", [True, False])
+@pytest.mark.parametrize("workers", [2, 3])
+def test_pairs_are_dealt_to_workers_in_whole_batches(setup, bucketing, workers):
+    """What each worker of a distributed run trains on: every pair exactly once, and batch
+    counts that add up to one process's and differ by at most one (slices of the pairs
+    would leave every worker a partial batch in every bucket)."""
     pairs, toks = setup
     kept, _, _, lengths = filter_by_length(pairs, toks, max_len=40)
-    # a budget that makes an odd number of batches: one worker has a batch more
-    budget = next(b for b in range(300, 100, -10)
-                  if count_batches(lengths, max_len=40, batch_tokens=b) % 2)
-    total = count_batches(lengths, max_len=40, batch_tokens=budget)
-
-    def build(shard=None):
-        return make_dataset(kept, max_len=40, batch_tokens=budget, shuffle=True, seed=9,
-                            lengths=lengths, shard=shard)
-
-    def epoch(it_ds):
-        return [b[0]["source_ids"].numpy() for b in it_ds]
-
-    whole, first, second = build(), build((0, 2)), build((1, 2))
-    assert first.cardinality().numpy() == len(range(0, total, 2))
-    assert second.cardinality().numpy() == len(range(1, total, 2))
-    epochs = []
-    for _ in range(2):
-        batches = epoch(whole)
-        assert len(batches) == total
-        mine, theirs = epoch(first), epoch(second)
-        assert len(mine) == (total + 1) // 2 and len(theirs) == total // 2
-        for got, want in zip(mine + theirs, batches[0::2] + batches[1::2], strict=True):
-            np.testing.assert_array_equal(got, want)
-        epochs.append(batches)
-    assert any(a.shape != b.shape or (a != b).any() for a, b in zip(*epochs, strict=True))
+    kw = dict(max_len=40, batch_tokens=300, bucketing=bucketing, fixed_batch_size=16)
+    total = count_batches(lengths, **kw)
+    dealt = deal_pairs(lengths, workers, seed=5, **kw)
+    assert sorted(np.concatenate(dealt).tolist()) == list(range(len(kept)))
+    counts = [count_batches([lengths[j] for j in mine], **kw) for mine in dealt]
+    assert sum(counts) == total and max(counts) - min(counts) <= 1, (counts, total)
+    sliced = [count_batches(lengths[k::workers], **kw) for k in range(workers)]
+    if bucketing:
+        assert sum(sliced) > total  # what dealing whole batches avoids
+    # the same split on every worker; another seed, another split
+    assert all((a == b).all() for a, b in zip(dealt, deal_pairs(lengths, workers, seed=5, **kw),
+                                              strict=True))
+    assert any(len(a) != len(b) or (a != b).any()
+               for a, b in zip(dealt, deal_pairs(lengths, workers, seed=6, **kw), strict=True))
+    # a worker's own dataset has exactly its count of batches
+    mine = dealt[1]
+    ids = Encoded([kept.src[j] for j in mine], [kept.tgt[j] for j in mine])
+    ds = make_dataset(ids, max_len=40, batch_tokens=300, shuffle=True, seed=1,
+                      bucketing=bucketing, fixed_batch_size=16,
+                      lengths=[lengths[j] for j in mine])
+    assert sum(1 for _ in ds) == counts[1]

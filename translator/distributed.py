@@ -12,12 +12,14 @@ its own loop around a train step run by ``strategy.run``; the epoch-end work (de
 single-process :class:`~translator.training.EpochEnd`, and the checkpoints are the same
 ``.keras`` files (a run may resume on another number of workers, or without any).
 
-- Every worker builds the same stream of batches of ``train.batch_tokens`` from all the
-  training pairs (same shuffle seed) and takes every N-th batch of it (worker ``k`` batches
-  ``k``, ``k + N``, ...), so N workers train with a global batch of about N x
-  ``batch_tokens`` tokens and take turns through the batches one process would have. (Each
-  bucketing a slice of the pairs instead would flush a partial batch per length bucket on
-  every worker: 15 and 18 batches on 2 workers where one process has 23, tiny config.)
+- The training pairs are dealt out to the workers in whole batches
+  (:func:`~translator.pipeline.deal_pairs`: each length bucket's pairs cut into chunks of
+  that bucket's batch size, the chunks given out in turn), and each worker buckets its own
+  pairs into batches of ``train.batch_tokens``: N workers train with a global batch of about
+  N x ``batch_tokens`` tokens, their batches add up to those of one process, and each
+  worker's input pipeline reads only its own pairs. (Slicing the pairs, pair ``i`` to worker
+  ``i % N``, flushed a partial batch per length bucket on every worker: 15 and 18 batches on
+  2 workers where one process has 23, tiny config.)
 - The loss of a step is the sum of the per-token losses over every replica's batch divided by
   the all-reduced number of target tokens of the step: the gradient is that of one batch made
   of all the replicas' batches. Gradients are all-reduced (summed) once, then clipped by their
@@ -59,7 +61,13 @@ import tensorflow as tf
 
 from translator.config import Config, ConfigError, config_to_dict
 from translator.errors import RunError, UserError
-from translator.pipeline import count_batches, filter_by_length, make_dataset
+from translator.pipeline import (
+    Encoded,
+    count_batches,
+    deal_pairs,
+    filter_by_length,
+    make_dataset,
+)
 from translator.prepare import RunPaths, ensure_prepared, read_prepared_split
 from translator.tokenizer import Tokenizers
 from translator.training import (
@@ -530,11 +538,17 @@ def _train(cfg: Config, data_root: Path, strategy: tf.distribute.Strategy, mode:
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
         i, n = ctx.input_pipeline_id, ctx.num_input_pipelines
-        shard.update(index=i, batches=len(range(i, total, n)))
-        return make_dataset(train_ids, max_len=tc.max_len, batch_tokens=tc.batch_tokens,
-                            shuffle=True, seed=seed, shuffle_buffer=tc.shuffle_buffer,
-                            bucketing=tc.bucketing, fixed_batch_size=tc.fixed_batch_size,
-                            lengths=lengths, shard=(i, n))
+        mine = deal_pairs(lengths, n, max_len=tc.max_len, batch_tokens=tc.batch_tokens,
+                          bucketing=tc.bucketing, fixed_batch_size=tc.fixed_batch_size,
+                          seed=seed)[i]
+        ids = Encoded([train_ids.src[j] for j in mine], [train_ids.tgt[j] for j in mine])
+        shard_lengths = [lengths[j] for j in mine]
+        shard.update(pairs=len(ids), batches=count_batches(
+            shard_lengths, max_len=tc.max_len, batch_tokens=tc.batch_tokens,
+            bucketing=tc.bucketing, fixed_batch_size=tc.fixed_batch_size))
+        return make_dataset(ids, max_len=tc.max_len, batch_tokens=tc.batch_tokens, shuffle=True,
+                            seed=seed, shuffle_buffer=tc.shuffle_buffer, bucketing=tc.bucketing,
+                            fixed_batch_size=tc.fixed_batch_size, lengths=shard_lengths)
 
     dist_ds = strategy.distribute_datasets_from_function(dataset_fn)
     if "batches" not in shard:
@@ -555,8 +569,9 @@ def _train(cfg: Config, data_root: Path, strategy: tf.distribute.Strategy, mode:
             f"needs a batch of its own each step; {remedy}")
     left_out = total - steps * replicas
     report(f"{mode}: {cluster.workers} worker(s), {replicas} replica(s); "
-           f"{len(train_ids):,} pairs in {total:,} batches, dealt out in turn: this worker "
-           f"({cluster.task}) takes {shard['batches']:,} of them; every worker runs "
+           f"{len(train_ids):,} pairs in {total:,} batches, dealt out by whole batches: this "
+           f"worker ({cluster.task}) has {shard['pairs']:,} pairs in {shard['batches']:,}; "
+           "every worker runs "
            f"{steps:,} steps per epoch"
            + (f" ({left_out} batch{'' if left_out == 1 else 'es'} of each epoch's shuffle left out)"
               if left_out else ""))

@@ -165,6 +165,37 @@ def count_batches(lengths: Sequence[int], *, max_len: int, batch_tokens: int,
     return sum(-(-c // size) for c, size in zip(counts, sizes, strict=True))
 
 
+def deal_pairs(lengths: Sequence[int], workers: int, *, max_len: int, batch_tokens: int,
+               bucketing: bool = True, fixed_batch_size: int = 64,
+               seed: int = 0) -> list[np.ndarray]:
+    """Split the pairs among ``workers`` in whole batches: the indices of each worker's pairs.
+
+    Each length bucket's pairs (all pairs, without ``bucketing``), in a ``seed``-shuffled
+    order, are cut into chunks of one batch (the bucket's batch size) and the chunks of all
+    buckets go to the workers in turn. A worker then batches its pairs into exactly its
+    chunks: the workers' batches add up to :func:`count_batches` of all the pairs, and no
+    two workers' counts differ by more than one. (Slicing the pairs instead, pair ``i`` to
+    worker ``i % workers``, leaves every worker a partial batch in every bucket.) Every
+    worker computes the same split from the same arguments.
+    """
+    rng = np.random.default_rng(seed)
+    if bucketing:
+        bounds = bucket_boundaries(max_len)
+        sizes = bucket_batch_sizes(bounds, batch_tokens)
+        bucket = np.array([bisect.bisect_right(bounds, n) for n in lengths], dtype=np.int64)
+    else:
+        sizes = [fixed_batch_size]
+        bucket = np.zeros(len(lengths), dtype=np.int64)
+    order = rng.permutation(len(lengths))
+    chunks = []
+    for b, size in enumerate(sizes):
+        members = order[bucket[order] == b]
+        chunks.extend(members[i:i + size] for i in range(0, len(members), size))
+    chunks = [chunks[i] for i in rng.permutation(len(chunks))]  # partial chunks anywhere
+    empty = np.zeros(0, dtype=np.int64)
+    return [np.sort(np.concatenate(chunks[k::workers] or [empty])) for k in range(workers)]
+
+
 def _ragged(seqs: Sequence[Sequence[int]]) -> tf.RaggedTensor:
     flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int32)
     return tf.RaggedTensor.from_row_lengths(flat, np.array([len(x) for x in seqs], np.int64))
@@ -196,7 +227,6 @@ def make_dataset(
     pad_to_bucket_boundary: bool = False,
     lengths: Sequence[int] | None = None,
     sampler: SubwordSampler | None = None,
-    shard: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
     """Batches for training or evaluation from pairs of ids that
     :func:`filter_by_length` kept (none longer than ``max_len``).
@@ -213,11 +243,6 @@ def make_dataset(
     texts) each sentence is segmented anew by sampling every time it is read, and the
     bucketing goes by the deterministic length, so the batch count is unchanged (see
     the module docstring).
-
-    ``shard=(index, count)`` keeps batches ``index``, ``index + count``, ... of the batch
-    stream (built alike on every worker of a distributed run from the same ``seed``): the
-    workers deal out the batches one dataset would have, rather than each bucketing a
-    slice of the pairs, which would flush a partial batch per bucket on every worker.
     """
     longest = max((len(x) for x in itertools.chain(ids.src, ids.tgt)), default=0)
     if longest > max_len:
@@ -277,8 +302,6 @@ def make_dataset(
         ds = ds.apply(tf.data.experimental.assert_cardinality(count_batches(
             lengths, max_len=max_len, batch_tokens=batch_tokens, bucketing=bucketing,
             fixed_batch_size=fixed_batch_size)))
-    if shard is not None:
-        ds = ds.shard(shard[1], shard[0])
     return ds.map(_to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
         tf.data.AUTOTUNE
     )
