@@ -71,6 +71,11 @@ def _case(tmp, name):
         return ["prepare", good, "--set", "run_dir="], "run_dir='' is not valid"
     if name == "vocab_too_small":  # SentencePiece's RuntimeError at prepare
         return ["prepare", good, "--set", "tokenizer.vocab_size=10"], "tokenizer.vocab_size=10 is too small"
+    if name == "no_pair_within_max_len":  # every pair dropped by the length filter
+        src, tgt = toy_pairs(50, min_words=4)
+        write_aligned(data / "toy", "train", src, tgt)
+        return (["train", good, "--set", "train.max_len=2", "--set", "train.batch_tokens=64"],
+                "train: all 50 training pairs are longer than train.max_len=2 subwords")
     if name == "input_file_missing":
         return ["translate", tmp, "--input", tmp / "absent.txt"], "absent.txt: cannot read"
     raise AssertionError(name)
@@ -80,7 +85,8 @@ CASES = ["unknown_key", "wrong_type", "out_of_range", "bad_override", "missing_c
          "invalid_yaml", "mismatched_lines", "invalid_utf8", "missing_corpus", "empty_corpus",
          "missing_data_root", "not_a_run_dir", "bad_flag_value", "unknown_subcommand",
          "evaluate_src_without_ref", "input_file_missing", "nan_flag", "inf_flag",
-         "nan_config_value", "inf_yaml_value", "empty_run_dir", "vocab_too_small"]
+         "nan_config_value", "inf_yaml_value", "empty_run_dir", "vocab_too_small",
+         "no_pair_within_max_len"]
 
 
 @pytest.mark.parametrize("name", CASES)

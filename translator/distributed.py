@@ -80,6 +80,7 @@ from translator.training import (
     diverged,
     interrupted,
     remove_leftover_temps,
+    require_training_pairs,
     run_lock,
     stream_seed,
 )
@@ -529,6 +530,7 @@ def _train(cfg: Config, data_root: Path, strategy: tf.distribute.Strategy, mode:
     tokenizers = Tokenizers.load(paths.root)
     train_ids, dropped, _, lengths = filter_by_length(
         read_prepared_split(paths, "train"), tokenizers, tc.max_len)
+    require_training_pairs(len(train_ids), dropped, tc.max_len)
     if dropped:
         report(f"train: {dropped} pairs longer than train.max_len={tc.max_len} subwords skipped")
 

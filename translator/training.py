@@ -741,6 +741,14 @@ def diverged(paths: RunPaths, state: dict[str, Any], what: str,
                     "train.learning_rate or train.clip_norm > 0")
 
 
+def require_training_pairs(kept: int, dropped: int, max_len: int) -> None:
+    """Stop with one line when no training pair is within ``train.max_len``."""
+    if not kept:
+        raise UserError(f"train: all {dropped:,} training pairs are longer than "
+                        f"train.max_len={max_len} subwords; raise train.max_len"
+                        if dropped else "train: the prepared train split has no pairs")
+
+
 def _train(cfg: Config, data_root: Path, report: Callable[[str], None],
            on_record: Callable[[dict[str, Any]], None], progress: Progress | None,
            step: Callable[[str], None]) -> dict[str, Any]:
@@ -767,6 +775,7 @@ def _train(cfg: Config, data_root: Path, report: Callable[[str], None],
     tokenizers = Tokenizers.load(paths.root)
     train_ids, dropped, target_tokens, lengths = filter_by_length(
         read_prepared_split(paths, "train"), tokenizers, tc.max_len)
+    require_training_pairs(len(train_ids), dropped, tc.max_len)
     if dropped:
         report(f"train: {dropped} pairs longer than train.max_len={tc.max_len} subwords skipped")
     dev = read_prepared_split(paths, "dev")
