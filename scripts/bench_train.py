@@ -249,7 +249,7 @@ def bench_workers(args) -> int:
         "speedup_over_1x1": round(dist["tgt_tokens_per_sec"] / one["tgt_tokens_per_sec"], 3),
         "extra_ms_per_step_vs_1x1": round(dist["step_ms"] - one["step_ms"], 1),
         # the same, against a 1-thread step scaled to one worker's share of the global step
-        # (each worker flushes its own partial batches, so its batches are a bit smaller)
+        # (a worker's batches need not carry as many tokens as the 1-thread run's)
         "extra_ms_per_step_vs_1x1_same_tokens": round(
             dist["step_ms"] - one["step_ms"] * (global_tokens / n) / max(1e-9, tokens_per_step(one)),
             1),

@@ -109,8 +109,6 @@ def test_parse_tf_config_and_resolve():
 def test_a_worker_listens_on_its_port_whatever_address_the_others_use():
     # TF_CONFIG holds how the others reach a worker (a DNS name, an address behind NAT),
     # which need not be one of its own interfaces; TensorFlow's server listens on all of them
-    import socket
-
     from translator.distributed import Cluster, wait_for_workers
     from translator.errors import UserError
 

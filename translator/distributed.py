@@ -573,8 +573,7 @@ def _train(cfg: Config, data_root: Path, strategy: tf.distribute.Strategy, mode:
     report(f"{mode}: {cluster.workers} worker(s), {replicas} replica(s); "
            f"{len(train_ids):,} pairs in {total:,} batches, dealt out by whole batches: this "
            f"worker ({cluster.task}) has {shard['pairs']:,} pairs in {shard['batches']:,}; "
-           "every worker runs "
-           f"{steps:,} steps per epoch"
+           f"every worker runs {steps:,} steps per epoch"
            + (f" ({left_out} batch{'' if left_out == 1 else 'es'} of each epoch's shuffle left out)"
               if left_out else ""))
 

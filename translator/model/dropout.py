@@ -31,12 +31,10 @@ def _seed_for_replica(seed):
     if seed.dtype != tf.int32:  # as keras' TensorFlow backend does with its int64 state
         seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
     rid = replica_id()
-    if isinstance(rid, int):
-        if rid == 0:
-            return seed
-        return tf.cast(tf.random.experimental.stateless_fold_in(seed, rid), tf.int32)
+    if isinstance(rid, int) and rid == 0:
+        return seed
     folded = tf.cast(tf.random.experimental.stateless_fold_in(seed, rid), tf.int32)
-    return tf.where(tf.equal(rid, 0), seed, folded)
+    return folded if isinstance(rid, int) else tf.where(tf.equal(rid, 0), seed, folded)
 
 
 def replica_dropout(inputs, rate: float, seed_generator: keras.random.SeedGenerator,
