@@ -76,6 +76,10 @@ def _case(tmp, name):
         write_aligned(data / "toy", "train", src, tgt)
         return (["train", good, "--set", "train.max_len=2", "--set", "train.batch_tokens=64"],
                 "train: all 50 training pairs are longer than train.max_len=2 subwords")
+    if name == "unknown_precision":
+        return (["train", good, "--set", "train.mixed_precision=float32"],
+                "train.mixed_precision='float32' has the wrong type; expected bool or one of "
+                "'float16', 'bfloat16'")
     if name == "input_file_missing":
         return ["translate", tmp, "--input", tmp / "absent.txt"], "absent.txt: cannot read"
     raise AssertionError(name)
@@ -86,7 +90,7 @@ CASES = ["unknown_key", "wrong_type", "out_of_range", "bad_override", "missing_c
          "missing_data_root", "not_a_run_dir", "bad_flag_value", "unknown_subcommand",
          "evaluate_src_without_ref", "input_file_missing", "nan_flag", "inf_flag",
          "nan_config_value", "inf_yaml_value", "empty_run_dir", "vocab_too_small",
-         "no_pair_within_max_len"]
+         "no_pair_within_max_len", "unknown_precision"]
 
 
 @pytest.mark.parametrize("name", CASES)

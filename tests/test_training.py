@@ -347,3 +347,49 @@ def test_resume_refuses_settings_it_cannot_apply_and_extends_the_lr_decay(tmp_pa
                            "--set", "train.patience=1")
     assert code == 0, err
     assert (run / "config.yaml").read_text(encoding="utf-8") == trained
+
+
+def test_bfloat16_mixed_precision_computes_in_bfloat16_and_keeps_float32_weights(tmp_path,
+                                                                                 run_cli):
+    """``train.mixed_precision: bfloat16``: the layers of the trained (and resumed) model
+    compute in bfloat16, every saved weight is float32, decoding loads them into a float32
+    model, and the process's global policy is float32 again afterwards."""
+    import keras
+    import numpy as np
+
+    from translator import Translator
+    from translator.training import load_checkpoint
+
+    src, tgt = toy_pairs(120, seed=6)
+    write_aligned(tmp_path / "data" / "toy", "train", src, tgt)
+    write_aligned(tmp_path / "data" / "toy", "dev", src[:10], tgt[:10])
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", toy_config(run, train={"epochs": 2}))
+    data = tmp_path / "data"
+    bf16 = ("--set", "train.mixed_precision=bfloat16")
+    code, _, err = run_cli("-q", "train", cfg, "--data-root", data, *bf16)
+    assert code == 0, err
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+    def check(checkpoint):
+        model = load_checkpoint(checkpoint)
+        assert {layer.dtype_policy.name for layer in model._flatten_layers(include_self=False)
+                if layer.weights} == {"mixed_bfloat16"}
+        assert {w.dtype for w in model.weights} == {"float32"}
+        ids = np.array([[4, 5, 6, 2]], np.int32)
+        logits = model({"source_ids": ids, "target_in": ids}, training=False)
+        assert keras.backend.standardize_dtype(logits.dtype) == "bfloat16"
+
+    check(run / "checkpoints" / "epoch-2.keras")
+    losses = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(losses)) and losses[1] < losses[0]
+    # a resume keeps computing in bfloat16; it cannot switch the precision of the run
+    code, _, err = run_cli("-q", "train", cfg, "--data-root", data, *bf16, "--set", "train.epochs=3")
+    assert code == 0, err
+    check(run / "checkpoints" / "epoch-3.keras")
+    code, _, err = run_cli("-q", "train", cfg, "--data-root", data, "--set", "train.epochs=4")
+    assert code == 2 and "train.mixed_precision" in err and "Traceback" not in err
+    # decoding: a float32 model with the trained weights
+    t = Translator.load(run)
+    assert t.model.compute_dtype == "float32" and t.model.variable_dtype == "float32"
+    assert len(t.translate(src[:3], beam_size=2)) == 3

@@ -174,7 +174,10 @@ class TrainConfig:
     shuffle_buffer: int = 200_000
     dev_bleu_sentences: int | None = None
     jit_compile: bool = False
-    mixed_precision: bool = False
+    # Keras mixed precision: variables stay float32, layers compute in the given type.
+    # true = "float16" (with loss scaling; for GPUs). "bfloat16" needs no loss scaling and
+    # is fast on CPUs with native bfloat16 (AVX512_BF16 / AMX) and on recent GPUs.
+    mixed_precision: bool | Literal["float16", "bfloat16"] = False
     bucketing: bool = True
     fixed_batch_size: int = 64
     # tf.distribute: auto = multi_worker when TF_CONFIG is set, mirrored when more than one
