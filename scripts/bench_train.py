@@ -90,8 +90,7 @@ def main() -> int:
     variants = [("default", True, False), ("tutorial", False, False)]
     if args.xla:
         variants.append(("default_xla", True, True))
-    policy = precision_policy(tc.mixed_precision, lambda msg: print(msg, file=sys.stderr))
-    with policy:
+    with precision_policy(tc.mixed_precision):
         for name, bucketing, xla in variants:
             _bench_variant(args, cfg, toks, pairs, name, bucketing, xla)
     return 0

@@ -84,3 +84,12 @@ def test_shipped_configs_are_valid():
 
     for path in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
         load_config(path)
+
+
+def test_mixed_precision_has_one_spelling_per_setting():
+    """``true`` is float16: a run trained with one spelling resumes with the other."""
+    read = [config_from_dict(BASE, [f"train.mixed_precision={v}"]).train.mixed_precision
+            for v in ("true", "float16", "bfloat16", "false")]
+    assert read == ["float16", "float16", "bfloat16", False]
+    with pytest.raises(ConfigError, match="train.mixed_precision='bf16' has the wrong type"):
+        config_from_dict(BASE, ["train.mixed_precision=bf16"])

@@ -364,21 +364,23 @@ def test_bfloat16_mixed_precision_computes_in_bfloat16_and_keeps_float32_weights
     write_aligned(tmp_path / "data" / "toy", "train", src, tgt)
     write_aligned(tmp_path / "data" / "toy", "dev", src[:10], tgt[:10])
     run = tmp_path / "run"
-    cfg = write_config(tmp_path / "c.yaml", toy_config(run, train={"epochs": 2}))
+    # 2 encoder layers: the residual adds the dropout layers' output to the LSTM's
+    cfg = write_config(tmp_path / "c.yaml", toy_config(run, train={"epochs": 2},
+                                                       model={"encoder_layers": 2}))
     data = tmp_path / "data"
     bf16 = ("--set", "train.mixed_precision=bfloat16")
     code, _, err = run_cli("-q", "train", cfg, "--data-root", data, *bf16)
     assert code == 0, err
     assert keras.mixed_precision.global_policy().name == "float32"
 
-    def check(checkpoint):
-        model = load_checkpoint(checkpoint)
-        assert {layer.dtype_policy.name for layer in model._flatten_layers(include_self=False)
-                if layer.weights} == {"mixed_bfloat16"}
+    def check(checkpoint, policy="mixed_bfloat16"):
+        model = load_checkpoint(checkpoint)  # here, under the global float32 policy
+        assert {layer.dtype_policy.name
+                for layer in model._flatten_layers(include_self=False)} == {policy}
         assert {w.dtype for w in model.weights} == {"float32"}
         ids = np.array([[4, 5, 6, 2]], np.int32)
         logits = model({"source_ids": ids, "target_in": ids}, training=False)
-        assert keras.backend.standardize_dtype(logits.dtype) == "bfloat16"
+        assert keras.backend.standardize_dtype(logits.dtype) == policy.split("_")[-1]
 
     check(run / "checkpoints" / "epoch-2.keras")
     losses = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -393,3 +395,31 @@ def test_bfloat16_mixed_precision_computes_in_bfloat16_and_keeps_float32_weights
     t = Translator.load(run)
     assert t.model.compute_dtype == "float32" and t.model.variable_dtype == "float32"
     assert len(t.translate(src[:3], beam_size=2)) == 3
+    # false means float32, whatever global policy a library caller has set
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        code, _, err = run_cli("-q", "train", cfg, "--data-root", data,
+                               "--set", f"run_dir={tmp_path / 'fp32'}", "--set", "train.epochs=1")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert code == 0, err
+    check(tmp_path / "fp32" / "checkpoints" / "epoch-1.keras", "float32")
+
+
+def test_bfloat16_on_a_cpu_without_it_is_a_warning(monkeypatch, caplog):
+    import logging
+
+    import keras
+
+    from translator import training
+
+    monkeypatch.setattr(training, "cpu_has_native_bfloat16", lambda: False)
+    caplog.set_level(logging.WARNING, logger="translator")
+    with training.precision_policy("bfloat16"):
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    assert keras.mixed_precision.global_policy().name == "float32"
+    [record] = [r for r in caplog.records if "bfloat16" in r.getMessage()]
+    assert record.levelno == logging.WARNING and "emulates them" in record.getMessage()
+    with training.precision_policy(True):  # float16 never warns
+        pass
+    assert len(caplog.records) == 1

@@ -175,8 +175,8 @@ class TrainConfig:
     dev_bleu_sentences: int | None = None
     jit_compile: bool = False
     # Keras mixed precision: variables stay float32, layers compute in the given type.
-    # true = "float16" (with loss scaling; for GPUs). "bfloat16" needs no loss scaling and
-    # is fast on CPUs with native bfloat16 (AVX512_BF16 / AMX) and on recent GPUs.
+    # true is read as "float16" (with loss scaling; for GPUs). "bfloat16" needs no loss
+    # scaling and is fast on CPUs with native bfloat16 (AVX512_BF16 / AMX) and recent GPUs.
     mixed_precision: bool | Literal["float16", "bfloat16"] = False
     bucketing: bool = True
     fixed_batch_size: int = 64
@@ -207,6 +207,8 @@ class TrainConfig:
             _range("train.dev_bleu_sentences", self.dev_bleu_sentences, 1, None)
         _range("train.fixed_batch_size", self.fixed_batch_size, 1, None)
         _range("train.distribute_timeout", self.distribute_timeout, 0.0, None, open_low=True)
+        if self.mixed_precision is True:  # one spelling per setting: a resume compares them
+            object.__setattr__(self, "mixed_precision", "float16")
 
 
 @dataclass(frozen=True)

@@ -713,40 +713,39 @@ def train(
         removed = remove_leftover_temps(paths)
         if removed:
             report(f"removed {', '.join(removed)}: partial writes of a train that was killed")
-        with precision_policy(cfg.train.mixed_precision, report):
+        with precision_policy(cfg.train.mixed_precision):
             return _train(cfg, data_root, report, on_record, progress, step)
 
 
-def mixed_policy(setting: bool | str) -> str | None:
-    """The Keras dtype policy ``train.mixed_precision`` names (None: float32 throughout)."""
+def mixed_policy(setting: bool | str) -> str:
+    """The Keras dtype policy ``train.mixed_precision`` names."""
     if setting is False:
-        return None
+        return "float32"
     return "mixed_bfloat16" if setting == "bfloat16" else "mixed_float16"
 
 
 def cpu_has_native_bfloat16() -> bool | None:
-    """Whether the CPU has bfloat16 instructions (AVX512_BF16 or AMX); None if unknown."""
+    """Whether the CPU has bfloat16 instructions (x86: AVX512_BF16 or AMX; Arm: BF16);
+    None if unknown."""
     try:
         flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return None
-    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16|bf16)\b", flags))
 
 
 @contextmanager
-def precision_policy(setting: bool | str, report: Callable[[str], None]) -> Iterator[None]:
-    """Train under the dtype policy of ``train.mixed_precision``; the process's global
-    policy is put back afterwards. Models built or loaded inside compute in that type;
-    their variables (and so every checkpoint and weights file) stay float32."""
+def precision_policy(setting: bool | str) -> Iterator[None]:
+    """Train under the dtype policy of ``train.mixed_precision`` (float32 when it is false,
+    whatever the caller's global policy); the process's global policy is put back
+    afterwards. Models built or loaded inside compute in that type; their variables (and
+    so every checkpoint and weights file) stay float32."""
     policy = mixed_policy(setting)
-    if policy is None:
-        yield
-        return
     if (policy == "mixed_bfloat16" and not tf.config.list_physical_devices("GPU")
             and cpu_has_native_bfloat16() is False):
-        report("train.mixed_precision=bfloat16: this CPU has no bfloat16 instructions "
-               "(avx512_bf16 / amx_bf16), so it emulates them and may train slower than "
-               "float32; set train.mixed_precision: false if it does")
+        log.warning("train.mixed_precision=bfloat16: this CPU has no bfloat16 instructions "
+                    "(avx512_bf16 / amx_bf16 / bf16), so it emulates them and may train slower "
+                    "than float32; set train.mixed_precision: false if it does")
     before = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
     try:

@@ -36,7 +36,8 @@ class Encoder(keras.layers.Layer):
         policy = self.dtype_policy
         self.embedding = keras.layers.Embedding(vocab_size, embed_dim, mask_zero=True,
                                                 name="embedding", dtype=policy)
-        self.embedding_dropout = ReplicaDropout(embed_dropout, name="embedding_dropout")
+        self.embedding_dropout = ReplicaDropout(embed_dropout, name="embedding_dropout",
+                                                dtype=policy)
         self.rnns = [
             keras.layers.Bidirectional(
                 keras.layers.LSTM(units // 2, return_sequences=True, return_state=True,
@@ -45,7 +46,7 @@ class Encoder(keras.layers.Layer):
             )
             for i in range(num_layers)
         ]
-        self.layer_dropout = ReplicaDropout(dropout, name="layer_dropout")
+        self.layer_dropout = ReplicaDropout(dropout, name="layer_dropout", dtype=policy)
 
     def build(self, source_shape=None):
         self.embedding.build((None, None))
