@@ -192,6 +192,9 @@ def test_edge_cases_one_output_per_input(both):
             # subwords before EOS <= max_ratio * (subwords + EOS) + max_extra
             assert tgt_len - 1 <= int(decode.max_ratio * src_len) + decode.max_extra
     assert theirs["long"]["source_length"][0] > 300  # the long sentence reached the model
+    for case in ("test", "odd", "empty", "long", "mixed", "none"):
+        assert theirs[case]["source_too_long"] == [r.source_too_long for r in ours[case]], case
+    assert theirs["long"]["source_too_long"] == [True, False]  # flagged, as Translator does
 
 
 def test_the_graph_has_no_python_and_no_cudnn(both):

@@ -10,7 +10,10 @@ cannot return ragged tensors):
   a row with fewer distinct hypotheses is padded with ``""`` and :data:`NO_SCORE`;
 - ``attention`` ``float32 [batch, tgt_len, src_len]`` (the best hypothesis's, zero-padded)
   with ``target_length`` (subwords + EOS) and ``source_length`` (subwords + EOS),
-  ``int32 [batch]``, to cut each row to ``[:target_length, :source_length]``.
+  ``int32 [batch]``, to cut each row to ``[:target_length, :source_length]``;
+- ``source_too_long`` ``bool [batch]``: the source has more subwords than ``train.max_len``
+  (longer than anything the model was trained on; it is translated, but its translation
+  may be cut short), as :attr:`translator.translator.TranslationResult.source_too_long`.
 
 Everything runs in the graph, with no Python: the input normalization of
 :func:`translator.corpus.normalize` as regular expressions; SentencePiece through
@@ -229,6 +232,7 @@ class ExportSettings:
     n_best: int
     max_ratio: float
     max_extra: int
+    max_len: int | None = None  # train.max_len: longer sources are flagged source_too_long
 
 
 class TranslatorModule(tf.Module):
@@ -250,6 +254,8 @@ class TranslatorModule(tf.Module):
         self._searched = settings.beam_size if settings.n_best > 1 else 1
         self._search = search_fn(model, decode, settings.beam_size, settings.length_penalty,
                                  self._searched, attention=True)
+        self._max_len = tf.constant(settings.max_len if settings.max_len is not None
+                                    else np.iinfo(np.int32).max, tf.int32)
         self.serve = tf.function(self._serve, input_signature=[
             tf.TensorSpec([None], tf.string, name="text")])
 
@@ -299,6 +305,7 @@ class TranslatorModule(tf.Module):
             "attention": rows(attention, tf.zeros(tf.shape(attention)[1:])),
             "source_length": rows(src_len, 0),
             "target_length": rows(tgt_len, 0),
+            "source_too_long": rows(src_len - 1 > self._max_len, False),
         }
 
     def _detokenize(self, tokens, lengths):
@@ -387,7 +394,8 @@ def export_saved_model(run_dir: str | Path, out_dir: str | Path, weights: str | 
         translator = Translator.load(run_dir, weights)
         beam, alpha, n = translator.settings(beam_size, length_penalty, n_best)
         d = translator.decode
-        settings = ExportSettings(beam, float(alpha), n, d.max_ratio, d.max_extra)
+        settings = ExportSettings(beam, float(alpha), n, d.max_ratio, d.max_extra,
+                                  translator.max_len)
         module = TranslatorModule(translator.model, translator.tokenizers, settings)
         with tf.device("/CPU:0"):
             serve = module.serve.get_concrete_function()
@@ -398,7 +406,8 @@ def export_saved_model(run_dir: str | Path, out_dir: str | Path, weights: str | 
             raise RuntimeError(f"the exported graph holds {forbidden}")
         info = {"run_dir": str(run_dir), "weights": str(weights or BEST_WEIGHTS),
                 "beam_size": beam, "length_penalty": float(alpha), "n_best": n,
-                "max_ratio": d.max_ratio, "max_extra": d.max_extra, "signature": SIGNATURE,
+                "max_ratio": d.max_ratio, "max_extra": d.max_extra,
+                "max_len": translator.max_len, "signature": SIGNATURE,
                 "tensorflow": tf.__version__}
         write_json_atomic(tmp / SETTINGS_FILE, info)
         umask = os.umask(0)
