@@ -396,14 +396,17 @@ def test_bfloat16_mixed_precision_computes_in_bfloat16_and_keeps_float32_weights
     assert t.model.compute_dtype == "float32" and t.model.variable_dtype == "float32"
     assert len(t.translate(src[:3], beam_size=2)) == 3
     # false means float32, whatever global policy a library caller has set
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        code, _, err = run_cli("-q", "train", cfg, "--data-root", data,
-                               "--set", f"run_dir={tmp_path / 'fp32'}", "--set", "train.epochs=1")
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-    assert code == 0, err
-    check(tmp_path / "fp32" / "checkpoints" / "epoch-1.keras", "float32")
+    # (the single-process loop and the tf.distribute one)
+    for name, distribute in (("fp32", "none"), ("fp32-mirrored", "mirrored")):
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        try:
+            code, _, err = run_cli("-q", "train", cfg, "--data-root", data,
+                                   "--set", f"run_dir={tmp_path / name}", "--set", "train.epochs=1",
+                                   "--set", f"train.distribute={distribute}")
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        assert code == 0, err
+        check(tmp_path / name / "checkpoints" / "epoch-1.keras", "float32")
 
 
 def test_bfloat16_on_a_cpu_without_it_is_a_warning(monkeypatch, caplog):

@@ -79,6 +79,7 @@ from translator.training import (
     compile_model,
     diverged,
     interrupted,
+    precision_policy,
     remove_leftover_temps,
     require_training_pairs,
     run_lock,
@@ -458,37 +459,38 @@ def train_distributed(cfg: Config, data_root: Path, mode: str, report: Callable[
     strategy = make_strategy(mode, cluster, tc.distribute_timeout)
     if tc.jit_compile:
         report("train.jit_compile is ignored under tf.distribute (Keras turns XLA off there)")
-    try:
-        if cluster.is_chief:
-            paths = RunPaths(Path(cfg.run_dir))
-            with run_lock(paths):
-                removed = remove_leftover_temps(paths)
-                if removed:
-                    report(f"removed {', '.join(removed)}: partial writes of a train that was "
-                           "killed")
-                return _train(cfg, data_root, strategy, mode, cluster, report, on_record,
-                              progress, step)
-        # the others write everything the chief writes, into a dir of their own that goes at
-        # the end (the same code on every worker: a save that all-reduced could not deadlock).
-        # Its name follows from the run dir and the task, so a worker that was SIGKILLed
-        # leaves at most one such dir behind, which its next start removes.
-        scratch = worker_scratch_dir(cfg.run_dir, cluster.task)
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir(parents=True)
+    with precision_policy(tc.mixed_precision):  # float32: the others are refused above
         try:
-            summary = _train(dataclasses.replace(cfg, run_dir=str(scratch / "run")), data_root,
-                             strategy, mode, cluster, report, lambda record: None, None, step)
-            return {**summary, "run_dir": cfg.run_dir}
-        finally:
+            if cluster.is_chief:
+                paths = RunPaths(Path(cfg.run_dir))
+                with run_lock(paths):
+                    removed = remove_leftover_temps(paths)
+                    if removed:
+                        report(f"removed {', '.join(removed)}: partial writes of a train that was "
+                               "killed")
+                    return _train(cfg, data_root, strategy, mode, cluster, report, on_record,
+                                  progress, step)
+            # the others write everything the chief writes, into a dir of their own that goes at
+            # the end (the same code on every worker: a save that all-reduced could not deadlock).
+            # Its name follows from the run dir and the task, so a worker that was SIGKILLed
+            # leaves at most one such dir behind, which its next start removes.
+            scratch = worker_scratch_dir(cfg.run_dir, cluster.task)
             shutil.rmtree(scratch, ignore_errors=True)
-    except tf.errors.OpError as exc:
-        # a collective outside the epoch loop (start-up checks, resume broadcast, the final
-        # barrier) failed: another worker stopped (its own error says why) or was lost
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise RunError(
-            f"worker {cluster.task}: lost the other workers outside an epoch "
-            f"({type(exc).__name__}: {first}); see the other workers' errors, then re-run the "
-            "same command on every worker") from None
+            scratch.mkdir(parents=True)
+            try:
+                summary = _train(dataclasses.replace(cfg, run_dir=str(scratch / "run")), data_root,
+                                 strategy, mode, cluster, report, lambda record: None, None, step)
+                return {**summary, "run_dir": cfg.run_dir}
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        except tf.errors.OpError as exc:
+            # a collective outside the epoch loop (start-up checks, resume broadcast, the final
+            # barrier) failed: another worker stopped (its own error says why) or was lost
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise RunError(
+                f"worker {cluster.task}: lost the other workers outside an epoch "
+                f"({type(exc).__name__}: {first}); see the other workers' errors, then re-run the "
+                "same command on every worker") from None
 
 
 def worker_scratch_dir(run_dir: str, task: str) -> Path:
