@@ -227,3 +227,85 @@ def test_normalized_step_output_is_scored_as_given(search):
     assert as_given.scores.numpy()[0, 0] == pytest.approx(expected, abs=1e-6)
     renormalized = run(halved[np.newaxis], [0], search, **kw)
     assert renormalized.scores.numpy()[0, 0] != pytest.approx(expected, abs=1e-3)
+
+
+def test_chunked_top_k_equals_top_k_ties_and_padding_included():
+    from translator.decoding import _top_k_last
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        n = int(rng.choice([2000, 4097, 8000]))  # 4097: the last chunk is padded
+        k = int(rng.integers(1, 8))
+        x = rng.normal(size=(3, 2, n)).astype(np.float32)
+        if trial % 3 == 0:
+            x = np.round(x * 2)  # many exact ties, across chunks too
+        if trial % 4 == 0:
+            x[..., rng.integers(0, n, 50)] = -np.inf
+        if trial % 7 == 0:
+            x[:] = 1.0
+        want = tf.math.top_k(x, k)
+        values, indices = _top_k_last(tf.constant(x), k)
+        np.testing.assert_array_equal(values.numpy(), want.values.numpy())
+        np.testing.assert_array_equal(indices.numpy(), want.indices.numpy())
+
+
+def reference_beam(logp, max_len, k, alpha, n_best):
+    """Beam search the plain way, for one sentence: every beam x every token is a
+    candidate at every step, no early stop. ``logp(prev_token)`` -> (vocab,) float32."""
+    def lp(length):
+        return ((5 + length) / 6) ** alpha
+
+    beams = [([], 0.0, False)] + [([], -1e9, False)] * (k - 1)
+    for t in range(max_len + 1):
+        totals, keys = [], []  # (beam, vocab) each
+        for toks, total, done in beams:
+            row = logp(toks[-1] if toks else BOS).astype(np.float64) + total
+            key = row / lp(len(toks) + 1)
+            key[EOS] = row[EOS] / lp(len(toks))
+            if done or t >= max_len:  # EOS only, at no cost
+                row = np.full_like(row, -np.inf)
+                row[EOS] = total
+                key = np.full_like(key, -np.inf)
+                key[EOS] = total / lp(len(toks))
+            totals.append(row)
+            keys.append(key)
+        vocab = len(totals[0])
+        best = np.argsort(-np.concatenate(keys), kind="stable")[:k]  # ties: lower beam, token
+        nxt = []
+        for i in best:
+            (toks, _, done), v = beams[i // vocab], int(i % vocab)
+            total = totals[i // vocab][v]
+            nxt.append((toks, total, True) if done or v == EOS else (toks + [v], total, False))
+        beams = nxt
+    return sorted(beams, key=lambda h: -h[1] / lp(len(h[0])))[:n_best]
+
+
+def test_beam_search_equals_scoring_every_candidate_on_a_large_vocabulary():
+    """The search scores each beam's best k tokens and EOS only (found by chunks on a
+    vocabulary this size); a plain search over all beam x vocab candidates agrees."""
+    vocab, prevs = 3000, 16
+    rng = np.random.default_rng(3)
+    logits = (rng.normal(size=(3, prevs, vocab)) * 3).astype(np.float32)
+    # EOS is likely after half the tokens; after the others it ranks third by
+    # log-probability, where the length penalty can put it below the next k non-EOS
+    # tokens of its beam (so a beam may need k + 1 candidates besides EOS)
+    third = -np.sort(-logits, axis=2)[:, :, 2]
+    logits[:, :, EOS] = np.where(np.arange(prevs) % 2 == 0, third + 0.01, third + 4)
+    table_lp = tf.nn.log_softmax(logits).numpy()
+    tables = tf.constant(logits)
+
+    def step(tokens, state):
+        out = tf.gather_nd(tables, tf.stack([state["sid"], tokens % prevs], 1))
+        return out, state, tf.one_hot(tokens % 3, 3)
+
+    for k, alpha, n_best in ((1, 0.0, 1), (3, 0.6, 2), (5, 1.0, 5)):
+        limit = tf.constant([4, 7, 6])
+        r = beam_search(step, {"sid": tf.range(3)}, limit, BOS, EOS, beam_size=k,
+                        alpha=alpha, n_best=n_best)
+        for s in range(3):
+            want = reference_beam(lambda prev, s=s: table_lp[s, prev % prevs],
+                                  int(limit[s]), k, alpha, n_best)
+            for n, (toks, total, _) in enumerate(want):
+                assert seqs(r, n)[s] == toks, (k, s, n)
+                lp = float(length_penalty(tf.constant(len(toks)), alpha))
+                assert r.scores.numpy()[s, n] == pytest.approx(total / lp, rel=1e-5)
