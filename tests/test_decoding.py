@@ -250,62 +250,97 @@ def test_chunked_top_k_equals_top_k_ties_and_padding_included():
 
 
 def reference_beam(logp, max_len, k, alpha, n_best):
-    """Beam search the plain way, for one sentence: every beam x every token is a
-    candidate at every step, no early stop. ``logp(prev_token)`` -> (vocab,) float32."""
-    def lp(length):
-        return ((5 + length) / 6) ** alpha
+    """Beam search the plain way, for one sentence, in the search's float32 arithmetic:
+    every beam x every token is a candidate at every step, ranked by score, then beam,
+    then token (``top_k`` over the flat row); no early stop. ``logp(prev_token)`` ->
+    (vocab,) float32 log-probabilities."""
+    def inv_lp(length):
+        return np.float32(1.0) / np.float32(length_penalty(tf.constant(length), alpha))
 
-    beams = [([], 0.0, False)] + [([], -1e9, False)] * (k - 1)
+    beams = [([], np.float32(0.0), False)] + [([], np.float32(-1e9), False)] * (k - 1)
     for t in range(max_len + 1):
         totals, keys = [], []  # (beam, vocab) each
         for toks, total, done in beams:
-            row = logp(toks[-1] if toks else BOS).astype(np.float64) + total
-            key = row / lp(len(toks) + 1)
-            key[EOS] = row[EOS] / lp(len(toks))
+            row = logp(toks[-1] if toks else BOS)
             if done or t >= max_len:  # EOS only, at no cost
-                row = np.full_like(row, -np.inf)
-                row[EOS] = total
-                key = np.full_like(key, -np.inf)
-                key[EOS] = total / lp(len(toks))
+                row = np.where(np.arange(len(row)) == EOS, 0.0, -1e9).astype(np.float32)
+            row = total + row
+            inv = np.full(len(row), inv_lp(len(toks) + (0 if done else 1)), np.float32)
+            inv[EOS] = inv_lp(len(toks))
             totals.append(row)
-            keys.append(key)
+            keys.append(row * inv)
         vocab = len(totals[0])
-        best = np.argsort(-np.concatenate(keys), kind="stable")[:k]  # ties: lower beam, token
+        best = np.argsort(-np.concatenate(keys), kind="stable")[:k]
         nxt = []
         for i in best:
             (toks, _, done), v = beams[i // vocab], int(i % vocab)
-            total = totals[i // vocab][v]
-            nxt.append((toks, total, True) if done or v == EOS else (toks + [v], total, False))
+            ends = done or v == EOS
+            nxt.append((toks if ends else toks + [v], totals[i // vocab][v], ends))
         beams = nxt
-    return sorted(beams, key=lambda h: -h[1] / lp(len(h[0])))[:n_best]
+    scores = [total / np.float32(length_penalty(tf.constant(len(toks)), alpha))
+              for toks, total, _ in beams]
+    order = np.argsort(-np.array(scores), kind="stable")[:n_best]
+    return [(beams[i][0], scores[i]) for i in order]
 
 
-def test_beam_search_equals_scoring_every_candidate_on_a_large_vocabulary():
-    """The search scores each beam's best k tokens and EOS only (found by chunks on a
-    vocabulary this size); a plain search over all beam x vocab candidates agrees."""
-    vocab, prevs = 3000, 16
-    rng = np.random.default_rng(3)
-    logits = (rng.normal(size=(3, prevs, vocab)) * 3).astype(np.float32)
-    # EOS is likely after half the tokens; after the others it ranks third by
-    # log-probability, where the length penalty can put it below the next k non-EOS
-    # tokens of its beam (so a beam may need k + 1 candidates besides EOS)
-    third = -np.sort(-logits, axis=2)[:, :, 2]
-    logits[:, :, EOS] = np.where(np.arange(prevs) % 2 == 0, third + 0.01, third + 4)
-    table_lp = tf.nn.log_softmax(logits).numpy()
-    tables = tf.constant(logits)
+def random_rows(vocab, rng):
+    """Logits by previous token (16 rows, by token % 16): normal, with EOS likely after
+    half the tokens and after the others third by probability, where the length penalty
+    can rank it below its beam's next k tokens."""
+    logits = (rng.normal(size=(16, vocab)) * 3).astype(np.float32)
+    third = -np.sort(-logits, axis=1)[:, 2]
+    logits[:, EOS] = np.where(np.arange(16) % 2 == 0, third + 0.01, third + 4)
+    return logits, np.arange(vocab) % 16
 
-    def step(tokens, state):
-        out = tf.gather_nd(tables, tf.stack([state["sid"], tokens % prevs], 1))
-        return out, state, tf.one_hot(tokens % 3, 3)
 
-    for k, alpha, n_best in ((1, 0.0, 1), (3, 0.6, 2), (5, 1.0, 5)):
-        limit = tf.constant([4, 7, 6])
-        r = beam_search(step, {"sid": tf.range(3)}, limit, BOS, EOS, beam_size=k,
+def rounding_tie_rows(vocab, k):
+    """Uniform rows along a chain BOS 10 12 13 .. 17 11 (the chain token 0.5 ahead), so
+    the prefix's log-probability is large; then after 11, tokens 100 .. 101 + k at
+    consecutive float32 values, which tie exactly once added to it; each of them ends."""
+    chain = [BOS, 10, 12, 13, 14, 15, 16, 17, 11]
+    rows = np.zeros((len(chain) + 1, vocab), np.float32)
+    lookup = np.zeros(vocab, np.int64)  # every other token: row 0, uniform
+    for i, (prev, nxt) in enumerate(zip(chain[:-1], chain[1:], strict=True), start=1):
+        rows[i, nxt] = 0.5
+        lookup[prev] = i
+    value = np.float32(10.0)
+    for tok in range(101 + k, 99, -1):  # token 101 + k highest, token 100 lowest
+        rows[-1, tok] = value
+        value = np.nextafter(value, np.float32(-100))
+    lookup[11] = len(rows) - 1
+    rows[0, EOS] = 0.0
+    ends = np.zeros((1, vocab), np.float32)
+    ends[0, EOS] = 10.0
+    rows = np.concatenate([rows, ends])
+    lookup[100:102 + k] = len(rows) - 1
+    return rows, lookup
+
+
+@pytest.mark.parametrize("tables", ["random", "rounding ties"])
+def test_beam_search_equals_ranking_every_candidate_on_a_large_vocabulary(tables):
+    """The search takes its top k from each beam's k best (found by chunks on a vocabulary
+    this size), not from all beam x vocab candidates; a plain search over all of them,
+    in the same float32 arithmetic, returns the same hypotheses and scores, bit for bit,
+    also where rounding makes different log-probabilities tie (lower token first)."""
+    vocab = 3000
+    for k, alpha, n_best in ((1, 0.0, 1), (1, 0.6, 1), (3, 0.6, 2), (5, 1.0, 5), (5, 0.6, 5)):
+        if tables == "random":
+            rows, lookup = random_rows(vocab, np.random.default_rng(k))
+        else:
+            rows, lookup = rounding_tie_rows(vocab, k)
+        row_lp = tf.nn.log_softmax(rows).numpy()
+        rows_t, lookup_t = tf.constant(rows), tf.constant(lookup, tf.int32)
+
+        def step(tokens, state, rows_t=rows_t, lookup_t=lookup_t):
+            return tf.gather(rows_t, tf.gather(lookup_t, tokens)), state, tf.one_hot(
+                tokens % 3, 3)
+
+        limit = tf.constant([4, 7, 12])
+        r = beam_search(step, {"x": tf.zeros([3])}, limit, BOS, EOS, beam_size=k,
                         alpha=alpha, n_best=n_best)
         for s in range(3):
-            want = reference_beam(lambda prev, s=s: table_lp[s, prev % prevs],
+            want = reference_beam(lambda prev, lp=row_lp, lu=lookup: lp[lu[prev]],
                                   int(limit[s]), k, alpha, n_best)
-            for n, (toks, total, _) in enumerate(want):
-                assert seqs(r, n)[s] == toks, (k, s, n)
-                lp = float(length_penalty(tf.constant(len(toks)), alpha))
-                assert r.scores.numpy()[s, n] == pytest.approx(total / lp, rel=1e-5)
+            for n, (toks, score) in enumerate(want):
+                assert seqs(r, n)[s] == toks, (k, alpha, s, n)
+                assert r.scores.numpy()[s, n] == score, (k, alpha, s, n)

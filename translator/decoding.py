@@ -8,9 +8,9 @@ where ``state`` is any nest of tensors whose first dimension is the batch; with
 ``normalized=True`` the step function returns log-probabilities instead of logits (an
 ensemble's mean of its members' log-probabilities, see :mod:`translator.ensemble`), which
 the searches then take as they are instead of applying ``log_softmax``. Beam search
-flattens beams into the batch (``batch * beam``), scores each beam's best ``beam + 1``
-tokens and EOS (no other token can enter the top ``beam``), takes ``top_k`` over those
-candidates, reorders the state with ``tf.gather``, starts with beam
+flattens beams into the batch (``batch * beam``), takes the ``top_k`` of the
+``beam * vocab`` candidates (from each beam's ``beam`` best, found by chunks, see
+``_top_k_last``), reorders the state with ``tf.gather``, starts with beam
 scores ``[0, -inf, ...]`` so the first step is not duplicated, ranks with the GNMT
 length penalty ``lp(|Y|) = ((5 + |Y|) / 6) ** alpha`` and keeps finished hypotheses
 frozen (they extend only with EOS at no cost). A sentence stops as soon as no live beam
@@ -183,25 +183,6 @@ def _top_k_last(x: tf.Tensor, k: int, chunk: int = 64) -> tuple[tf.Tensor, tf.Te
     return tf.reshape(values, shape), tf.reshape(indices, shape)
 
 
-def _beam_candidates(out: tf.Tensor, k: int,
-                     eos_id: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Each beam's ``k + 1`` best tokens, and EOS: ``(tokens, values, is_eos)``, each
-    ``(batch, k, c)``, in token order, with their ``out`` values. EOS counts once: its
-    entry among the best, if it is there, gets ``NEG_INF`` and ``is_eos`` False. In token
-    order, a ``top_k`` over the candidates breaks ties as one over the whole
-    ``beam * vocab`` row would (lower beam, then lower token first)."""
-    vocab = out.shape[2]
-    best = k + 1 if vocab is None else min(k + 1, vocab)
-    values, tokens = _top_k_last(out, best)
-    values = tf.where(tf.equal(tokens, eos_id), NEG_INF, values)
-    shape = tf.concat([tf.shape(tokens)[:2], [1]], 0)
-    tokens = tf.concat([tokens, tf.fill(shape, eos_id)], axis=2)
-    values = tf.concat([values, out[:, :, eos_id:eos_id + 1]], axis=2)
-    is_eos = tf.concat([tf.zeros_like(tokens[:, :, 1:], tf.bool), tf.fill(shape, True)], 2)
-    order = tf.argsort(tokens, axis=2, stable=True)
-    return tuple(tf.gather(x, order, batch_dims=2) for x in (tokens, values, is_eos))
-
-
 def beam_search(
     step_fn: StepFn,
     state: Any,
@@ -262,24 +243,31 @@ def beam_search(
         logits, new_state, attention = step_fn(tokens, {**state, **constant})
         state = {key: new_state[key] for key in state} if constant_keys else new_state
         logp = tf.reshape(_step_log_probs(logits, normalized), [active, k, -1])
-        # Only a few of each beam's tokens can enter the top k: the length penalty is the
-        # same for all of a beam's non-EOS tokens, so its best k of them plus EOS hold
-        # every candidate that could. Only those are scored, not ``k * vocab``.
-        tok, cand, is_eos = _beam_candidates(logp, k, eos_id)  # (active, k, c), c <= k + 2
+        vocab = tf.shape(logp)[2]
+        eos_only = tf.where(tf.range(vocab) == eos_id, 0.0, NEG_INF)
         # finished beams and beams at their length limit may only emit EOS
-        force = tf.logical_or(finished, t >= beam_max)[:, :, tf.newaxis]
-        cand = tf.where(force, tf.where(is_eos, 0.0, NEG_INF), cand)
-        total = log_probs[:, :, tf.newaxis] + cand  # (active, k, c)
+        force = tf.logical_or(finished, t >= beam_max)
+        logp = tf.where(force[:, :, tf.newaxis], eos_only[tf.newaxis, tf.newaxis], logp)
+        total = log_probs[:, :, tf.newaxis] + logp  # (active, k, vocab)
         # EOS and finished beams do not lengthen a hypothesis; a candidate's length is
         # one of two per beam, so the penalty is computed per beam, not per token
         grows = tf.logical_and(tf.logical_not(finished)[:, :, tf.newaxis],
-                               tf.logical_not(is_eos))
+                               tf.not_equal(tf.range(vocab), eos_id)[tf.newaxis, tf.newaxis])
         inv_lp = tf.where(grows, 1.0 / length_penalty(lengths + 1, alpha)[:, :, tf.newaxis],
                           1.0 / length_penalty(lengths, alpha)[:, :, tf.newaxis])
-        _, top_idx = tf.math.top_k(tf.reshape(total * inv_lp, [active, -1]), k=k)
-        parent = top_idx // tf.shape(tok)[2]
-        token = tf.gather(tf.reshape(tok, [active, -1]), top_idx, batch_dims=1)
-        log_probs = tf.gather(tf.reshape(total, [active, -1]), top_idx, batch_dims=1)
+        ranked = total * inv_lp
+        # The k best of all ``k * vocab`` candidates are among each beam's k best, so
+        # only those ``k * k`` go into the final top_k. Ties break as in one top_k over
+        # the flat row (lower beam, then lower token): a beam's k best come in order,
+        # equal values by token.
+        per = tf.minimum(k, vocab) if logp.shape[2] is None else min(k, logp.shape[2])
+        _, cand = _top_k_last(ranked, per)  # (active, k, per) token ids
+        _, top_idx = tf.math.top_k(
+            tf.reshape(tf.gather(ranked, cand, batch_dims=2), [active, -1]), k=k)
+        parent = top_idx // per
+        token = tf.gather(tf.reshape(cand, [active, -1]), top_idx, batch_dims=1)
+        log_probs = tf.gather(tf.reshape(tf.gather(total, cand, batch_dims=2), [active, -1]),
+                              top_idx, batch_dims=1)
         finished = tf.logical_or(tf.gather(finished, parent, batch_dims=1),
                                  tf.equal(token, eos_id))
         lengths = tf.gather(lengths, parent, batch_dims=1) + tf.cast(
