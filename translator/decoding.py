@@ -8,9 +8,8 @@ where ``state`` is any nest of tensors whose first dimension is the batch; with
 ``normalized=True`` the step function returns log-probabilities instead of logits (an
 ensemble's mean of its members' log-probabilities, see :mod:`translator.ensemble`), which
 the searches then take as they are instead of applying ``log_softmax``. Beam search
-flattens beams into the batch (``batch * beam``), takes the ``top_k`` of the
-``beam * vocab`` candidates (from each beam's ``beam`` best, found by chunks, see
-``_top_k_last``), reorders the state with ``tf.gather``, starts with beam
+flattens beams into the batch (``batch * beam``), takes ``top_k`` over
+``beam * vocab`` candidates, reorders the state with ``tf.gather``, starts with beam
 scores ``[0, -inf, ...]`` so the first step is not duplicated, ranks with the GNMT
 length penalty ``lp(|Y|) = ((5 + |Y|) / 6) ** alpha`` and keeps finished hypotheses
 frozen (they extend only with EOS at no cost). A sentence stops as soon as no live beam
@@ -157,32 +156,6 @@ def _tile(x: tf.Tensor, beam: int) -> tf.Tensor:
     return tf.repeat(x, beam, axis=0)
 
 
-def _top_k_last(x: tf.Tensor, k: int, chunk: int = 64) -> tuple[tf.Tensor, tf.Tensor]:
-    """``tf.math.top_k(x, k)`` over the last axis, same values and indices (ties: lower
-    index first), found in a fraction of the time for a long axis such as a vocabulary.
-
-    The axis is cut into chunks of ``chunk``; the top k lie in the k chunks with the
-    largest maxima (ties: lower chunk first), as each of those chunks holds an entry
-    that ranks at least as high as anything in a chunk that ranks below it. ``top_k``
-    then runs on those k chunks only, taken in their order along the axis."""
-    n = x.shape[-1]
-    if n is None or n <= 4 * k * chunk:
-        return tf.math.top_k(x, k=k)
-    lead = tf.shape(x)[:-1]
-    pad = -n % chunk
-    x = tf.reshape(x, [-1, n])
-    if pad:  # padding after the last entry never ranks above a real one
-        x = tf.concat([x, tf.fill([tf.shape(x)[0], pad], tf.constant(-np.inf, x.dtype))], 1)
-    chunks = tf.reshape(x, [-1, (n + pad) // chunk, chunk])
-    _, picked = tf.math.top_k(tf.reduce_max(chunks, axis=2), k=k)
-    picked = tf.sort(picked, axis=1)
-    values, at = tf.math.top_k(
-        tf.reshape(tf.gather(chunks, picked, batch_dims=1), [-1, k * chunk]), k=k)
-    indices = tf.gather(picked, at // chunk, batch_dims=1) * chunk + at % chunk
-    shape = tf.concat([lead, [k]], 0)
-    return tf.reshape(values, shape), tf.reshape(indices, shape)
-
-
 def beam_search(
     step_fn: StepFn,
     state: Any,
@@ -255,19 +228,10 @@ def beam_search(
                                tf.not_equal(tf.range(vocab), eos_id)[tf.newaxis, tf.newaxis])
         inv_lp = tf.where(grows, 1.0 / length_penalty(lengths + 1, alpha)[:, :, tf.newaxis],
                           1.0 / length_penalty(lengths, alpha)[:, :, tf.newaxis])
-        ranked = total * inv_lp
-        # The k best of all ``k * vocab`` candidates are among each beam's k best, so
-        # only those ``k * k`` go into the final top_k. Ties break as in one top_k over
-        # the flat row (lower beam, then lower token): a beam's k best come in order,
-        # equal values by token.
-        per = tf.minimum(k, vocab) if logp.shape[2] is None else min(k, logp.shape[2])
-        _, cand = _top_k_last(ranked, per)  # (active, k, per) token ids
-        _, top_idx = tf.math.top_k(
-            tf.reshape(tf.gather(ranked, cand, batch_dims=2), [active, -1]), k=k)
-        parent = top_idx // per
-        token = tf.gather(tf.reshape(cand, [active, -1]), top_idx, batch_dims=1)
-        log_probs = tf.gather(tf.reshape(tf.gather(total, cand, batch_dims=2), [active, -1]),
-                              top_idx, batch_dims=1)
+        _, top_idx = tf.math.top_k(tf.reshape(total * inv_lp, [active, -1]), k=k)
+        parent = top_idx // vocab
+        token = top_idx % vocab
+        log_probs = tf.gather(tf.reshape(total, [active, -1]), top_idx, batch_dims=1)
         finished = tf.logical_or(tf.gather(finished, parent, batch_dims=1),
                                  tf.equal(token, eos_id))
         lengths = tf.gather(lengths, parent, batch_dims=1) + tf.cast(
