@@ -288,7 +288,6 @@ def rounding_tie_rows(vocab, k):
         rows[-1, tok] = value
         value = np.nextafter(value, np.float32(-100))
     lookup[11] = len(rows) - 1
-    rows[0, EOS] = 0.0
     ends = np.zeros((1, vocab), np.float32)
     ends[0, EOS] = 10.0
     rows = np.concatenate([rows, ends])
