@@ -13,7 +13,7 @@ cannot return ragged tensors):
   ``int32 [batch]``, to cut each row to ``[:target_length, :source_length]``;
 - ``source_too_long`` ``bool [batch]``: the source has more subwords than ``train.max_len``
   (longer than anything the model was trained on; it is translated, but its translation
-  may be cut short), as :attr:`translator.translator.TranslationResult.source_too_long`.
+  may be cut short), as :attr:`translator.translator.Translation.source_too_long`.
 
 Everything runs in the graph, with no Python: the input normalization of
 :func:`translator.corpus.normalize` as regular expressions; SentencePiece through
