@@ -2,6 +2,7 @@
 summary line with the aims.
 
     python scripts/bench_serve.py runs/spa-eng [--clients 32] [--requests 10000]
+        [--set decode.dtype=bfloat16]
 
 For ``--max-batch 64`` and then ``--max-batch 1`` it starts ``translator serve RUN_DIR`` on
 127.0.0.1 (a free port), lets ``--clients`` threads send single-sentence LibreTranslate
@@ -73,6 +74,8 @@ def start_server(run_dir: Path, max_batch: int, args) -> tuple[subprocess.Popen,
            "--max-batch", str(max_batch), "--batch-wait-ms", str(args.batch_wait_ms)]
     if args.beam_size:
         cmd += ["--beam-size", str(args.beam_size)]
+    for item in args.overrides:
+        cmd += ["--set", item]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     line = proc.stdout.readline()  # one line with the URL once it is ready
     match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
@@ -174,8 +177,10 @@ def bench(run_dir: Path, max_batch: int, total: int, sentences, src, tgt, args) 
     return {
         "bench": "serve", "run_dir": str(run_dir), "max_batch": max_batch,
         "server_env": args.server_env,
-        # what the server runs with (serve turns oneDNN off unless the environment says)
+        # what the server runs with (serve turns oneDNN off for float32 and on for bfloat16
+        # decoding unless the environment says)
         "server_tf_enable_onednn_opts": model.get("tf_enable_onednn_opts"),
+        "decode_dtype": model.get("decode_dtype"), "server_set": args.overrides,
         "batch_wait_ms": args.batch_wait_ms, "beam_size": model["decode"]["beam_size"],
         "clients": args.clients, "requests": total, "answered": done, "errors": len(errors),
         "error_examples": sorted(set(errors))[:3], "time_limited": timed_out,
@@ -223,6 +228,9 @@ def main() -> int:
     p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                    help="environment variable for the server (repeatable), e.g. "
                         "MALLOC_ARENA_MAX=2")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="decode.KEY=VALUE",
+                   help="passed to the server (repeatable), e.g. decode.dtype=bfloat16")
     p.add_argument("--batch-wait-ms", type=float, default=5.0)
     p.add_argument("--max-batches", type=int, nargs="+", default=[64, 1], metavar="N")
     p.add_argument("--split", default="test")

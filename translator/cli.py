@@ -615,14 +615,20 @@ def cmd_serve(args) -> int:
     sock = bind(args.host, args.port)  # a taken port fails now, not after loading the model
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: other machines can reach this server", args.host)
-    # oneDNN's kernels cache per tensor shape, and a server's batches come in ever new
-    # shapes: with them on, the RSS grew 13-19 % over 3,000-10,000 requests; off, about 1-5 %
-    # at the same speed (README, "Serving load benchmark"). The user's own setting wins;
-    # TensorFlow reads it once, at import.
-    if "tensorflow" not in sys.modules:
-        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    from translator.config import load_config
+    from translator.config import load_config, with_decode_overrides
     from translator.prepare import RunPaths
+
+    # oneDNN's kernels cache per tensor shape, and a server's batches come in ever new
+    # shapes: with them on, the RSS of a float32 model grew 13-19 % over 3,000-10,000
+    # requests; off, about 1-5 % at the same speed. decode.dtype=bfloat16 needs them: without
+    # oneDNN it decodes slower than float32 (README, "Serving load benchmark"). The user's
+    # own setting wins; TensorFlow reads it once, at import.
+    if "tensorflow" not in sys.modules:
+        config_path = RunPaths(Path(args.run_dir)).config
+        dtype = "float32"
+        if config_path.is_file():  # otherwise Translator.load says what is missing
+            dtype = with_decode_overrides(load_config(config_path), args.overrides).decode.dtype
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1" if dtype == "bfloat16" else "0")
     from translator.serving.app import ServeSettings, create_app, saved_test_scores
     from translator.translator import BEST_WEIGHTS, Translator
 
@@ -634,6 +640,7 @@ def cmd_serve(args) -> int:
         max_sentences=args.max_sentences, max_chars=args.max_chars,
         model_info={"run_dir": str(args.run_dir), "weights": args.weights or BEST_WEIGHTS,
                     "test": saved_test_scores(args.run_dir),
+                    "decode_dtype": t.decode.dtype,
                     "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS")})
     url = url_of(sock)
     log.info("compiling the searches ...")

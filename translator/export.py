@@ -391,7 +391,7 @@ def export_saved_model(run_dir: str | Path, out_dir: str | Path, weights: str | 
     _hide_gpus()
     tmp = _temp_dir_beside(out)
     try:
-        translator = Translator.load(run_dir, weights)
+        translator = Translator.load(run_dir, weights, dtype="float32")  # graphs in float32
         beam, alpha, n = translator.settings(beam_size, length_penalty, n_best)
         d = translator.decode
         settings = ExportSettings(beam, float(alpha), n, d.max_ratio, d.max_extra,

@@ -55,6 +55,7 @@ from translator.config import Config, TrainConfig, dump_config, load_config
 from translator.corpus import Pairs
 from translator.errors import Interrupted, RunError, UserError
 from translator.fileio import write_json_atomic, write_text_atomic
+from translator.hardware import cpu_has_native_bfloat16
 from translator.metrics import bleu, bleu_tokenizer
 from translator.model import Seq2Seq, build_model
 from translator.pipeline import SubwordSampler, filter_by_length, make_dataset
@@ -722,16 +723,6 @@ def mixed_policy(setting: bool | str) -> str:
     if setting is False:
         return "float32"
     return "mixed_bfloat16" if setting == "bfloat16" else "mixed_float16"
-
-
-def cpu_has_native_bfloat16() -> bool | None:
-    """Whether the CPU has bfloat16 instructions (x86: AVX512_BF16 or AMX; Arm: BF16);
-    None if unknown."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    return bool(re.search(r"\b(avx512_bf16|amx_bf16|bf16)\b", flags))
 
 
 @contextmanager

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import zipfile
 from collections.abc import Callable, Sequence
@@ -21,6 +23,7 @@ from translator.corpus import normalize
 from translator.decoding import beam_search, greedy_search, max_lengths
 from translator.ensemble import Ensemble
 from translator.errors import UserError
+from translator.hardware import cpu_has_native_bfloat16
 from translator.model import Seq2Seq, build_model
 from translator.prepare import RunPaths
 from translator.tokenizer import (
@@ -58,6 +61,10 @@ class Translation:
     source_too_long: bool = False  # more subwords than the model was trained on (max_len)
 
 
+DTYPES = ("float32", "bfloat16")  # decode.dtype
+log = logging.getLogger(__name__)
+
+
 class Translator:
     """Translate raw sentences with a trained :class:`Seq2Seq`."""
 
@@ -76,10 +83,12 @@ class Translator:
     @classmethod
     def load(cls, run_dir: str | Path | Sequence[str | Path],
              weights: str | Path | Sequence[str | Path | None] | None = None,
-             overrides: Sequence[str] = ()) -> Translator:
+             overrides: Sequence[str] = (), dtype: str | None = None) -> Translator:
         """Load from a run dir: ``config.yaml``, tokenizer and the best weights (or
         ``weights``: a path, or a file name in the run's ``checkpoints/``).
         ``overrides`` (``"decode.key=value"``) change the run's decode settings.
+        ``dtype`` (default: the resulting ``decode.dtype``) is what the weights are cast
+        to at load, ``"float32"`` or ``"bfloat16"``; every member of an ensemble gets it.
 
         A list of run dirs loads an ensemble (see :mod:`translator.ensemble`): their models
         must share the tokenizer (the same SentencePiece model files, byte for byte) and
@@ -90,7 +99,7 @@ class Translator:
         the single model."""
         if isinstance(run_dir, (str, os.PathLike)):
             if weights is None or isinstance(weights, (str, os.PathLike)):
-                return cls._load_one(run_dir, weights, overrides)
+                return cls._load_one(run_dir, weights, overrides, dtype)
             run_dir = [run_dir]  # a list of weights: checked against one run dir below
         runs = list(run_dir)
         if not runs:
@@ -109,23 +118,33 @@ class Translator:
                 raise UserError(f"{len(member_weights)} weights entries for {len(runs)} run "
                                 "dirs: give one per run dir (None = its best weights)")
         if len(runs) == 1:
-            return cls._load_one(runs[0], member_weights[0], overrides)
+            return cls._load_one(runs[0], member_weights[0], overrides, dtype)
         _check_ensemble_members(runs)
-        first = cls._load_one(runs[0], member_weights[0], overrides)
-        others = [cls._load_one(run, w) for run, w in zip(runs[1:], member_weights[1:], strict=True)]
+        first = cls._load_one(runs[0], member_weights[0], overrides, dtype)
+        others = [cls._load_one(run, w, dtype=first.decode.dtype, warn=False)
+                  for run, w in zip(runs[1:], member_weights[1:], strict=True)]
         max_lens = [t.max_len for t in (first, *others) if t.max_len is not None]
         return cls([first.model, *(t.model for t in others)], first.tokenizers, first.decode,
                    min(max_lens) if max_lens else None)
 
     @classmethod
     def _load_one(cls, run_dir: str | Path, weights: str | Path | None = None,
-                  overrides: Sequence[str] = ()) -> Translator:
+                  overrides: Sequence[str] = (), dtype: str | None = None,
+                  warn: bool = True) -> Translator:
         paths = RunPaths(Path(run_dir))
         if not paths.config.is_file():
             raise UserError(f"{run_dir}: not a run dir (no config.yaml); train one first")
         cfg: Config = with_decode_overrides(load_config(paths.config), tuple(overrides))
+        if dtype is not None and dtype != cfg.decode.dtype:
+            if dtype not in DTYPES:
+                raise UserError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+            cfg = dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, dtype=dtype))
+        if cfg.decode.dtype == "bfloat16" and warn:  # once for an ensemble
+            _warn_slow_bfloat16()
         tokenizers = Tokenizers.load(paths.root)
-        model = build_model(cfg.model, tokenizers.src.vocab_size, tokenizers.tgt.vocab_size)
+        # float32: Keras' global policy, as before decode.dtype existed
+        model = build_model(cfg.model, tokenizers.src.vocab_size, tokenizers.tgt.vocab_size,
+                            dtype=None if cfg.decode.dtype == "float32" else cfg.decode.dtype)
         if not weights:
             weights = paths.checkpoints / BEST_WEIGHTS
             if not weights.is_file():
@@ -229,6 +248,11 @@ class Translator:
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             width = max(len(ids[j]) for j in chunk)
+            if self.decode.dtype == "bfloat16":
+                # oneDNN, which bfloat16 needs, builds and keeps kernels per tensor shape:
+                # source widths rounded up to a multiple of 8 (masked padding: the same
+                # translations and scores) give a server's batches far fewer shapes
+                width = -(-width // 8) * 8
             batch = np.zeros((len(chunk), width), np.int32)
             for row, j in enumerate(chunk):
                 batch[row, : len(ids[j])] = ids[j]
@@ -306,6 +330,21 @@ def search_fn(model: Seq2Seq | Sequence[Seq2Seq], decode: DecodeConfig, beam_siz
         return out
 
     return search
+
+
+def _warn_slow_bfloat16() -> None:
+    """decode.dtype=bfloat16 is fast only with bfloat16 instructions and oneDNN's kernels:
+    without oneDNN, TensorFlow's own bfloat16 kernels decoded single sentences 2.6x and
+    batches of 32 1.5x slower than float32 on an AMX CPU (results/serve-bf16/)."""
+    if tf.config.list_physical_devices("GPU"):
+        return
+    if cpu_has_native_bfloat16() is False:
+        log.warning("decode.dtype=bfloat16: this CPU has no bfloat16 instructions "
+                    "(avx512_bf16 / amx_bf16 / bf16), so it emulates them and may decode "
+                    "slower than float32; use decode.dtype=float32")
+    elif os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("0", "false"):
+        log.warning("decode.dtype=bfloat16 with TF_ENABLE_ONEDNN_OPTS=0: without oneDNN "
+                    "bfloat16 decodes slower than float32; unset it or set it to 1")
 
 
 def _tokenizer_files(run_dir: Path) -> tuple[str, tuple[bytes, ...]]:

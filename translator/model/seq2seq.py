@@ -78,8 +78,15 @@ class Seq2Seq(keras.Model):
         return config
 
 
-def build_model(cfg, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
-    """The one adapter from ``ModelConfig`` to layer arguments."""
+def build_model(cfg, src_vocab_size: int, tgt_vocab_size: int,
+                dtype: str | None = None) -> Seq2Seq:
+    """The one adapter from ``ModelConfig`` to layer arguments.
+
+    ``dtype`` (default: Keras' global policy) is the policy of the whole model. With
+    ``"bfloat16"`` (variables and arithmetic in bfloat16: decoding only, the weights are
+    loaded into it after) the LSTMs' orthogonal initializers are replaced by zeros: their QR
+    has no bfloat16 kernel, and the loaded weights overwrite them anyway."""
+    kwargs = {} if dtype is None else {"dtype": dtype}
     model = Seq2Seq(
         src_vocab_size=src_vocab_size,
         tgt_vocab_size=tgt_vocab_size,
@@ -93,6 +100,11 @@ def build_model(cfg, src_vocab_size: int, tgt_vocab_size: int) -> Seq2Seq:
         dropout=cfg.dropout,
         embed_dropout=cfg.embed_dropout,
         tie_embeddings=cfg.tie_embeddings,
+        **kwargs,
     )
+    if dtype == "bfloat16":
+        for layer in model._flatten_layers(include_self=False):
+            if isinstance(layer, keras.layers.LSTMCell):
+                layer.recurrent_initializer = keras.initializers.Zeros()
     model.build()
     return model
