@@ -118,3 +118,35 @@ def test_an_ensemble_is_warned_about_once(memorized_run, monkeypatch, caplog):
     with caplog.at_level("WARNING", logger="translator.translator"):
         Translator.load([run, run, run], overrides=BF16)
     assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
+
+
+def test_a_bfloat16_evaluation_keeps_its_own_record(memorized_run, run_cli, tmp_path):
+    """evaluate in bfloat16 writes eval/<split>.bfloat16.{hyp,json}, never the float32
+    record that serve reports; serve reports the record of its own dtype."""
+    import json
+    import shutil
+
+    from translator.serving.app import saved_test_scores
+
+    run = tmp_path / "run"
+    shutil.copytree(memorized_run["run_dir"], run)
+    shutil.rmtree(run / "eval", ignore_errors=True)
+    code, out, err = run_cli("evaluate", run, "--split", "dev")
+    assert code == 0, err
+    f32 = json.loads((run / "eval" / "dev.json").read_text(encoding="utf-8"))
+    code, out, err = run_cli("evaluate", run, "--split", "dev", "--set", BF16[0])
+    assert code == 0, err
+    bf16 = json.loads(out)
+    assert bf16["decode_dtype"] == "bfloat16" and f32["decode_dtype"] == "float32"
+    assert bf16["json"] == str(run / "eval" / "dev.bfloat16.json")
+    assert bf16["hypotheses"] == str(run / "eval" / "dev.bfloat16.hyp")
+    assert json.loads((run / "eval" / "dev.json").read_text(encoding="utf-8")) == f32
+    assert (run / "eval" / "dev.hyp").is_file() and (run / "eval" / "dev.bfloat16.hyp").is_file()
+    # serve's test score: the newest record of the served dtype (no key: float32)
+    (run / "eval" / "test.json").write_text(json.dumps(
+        {"split": "test", "bleu": 30.0}) + "\n", encoding="utf-8")
+    (run / "eval" / "test.bfloat16.json").write_text(json.dumps(
+        {"split": "test", "bleu": 31.0, "decode_dtype": "bfloat16"}) + "\n", encoding="utf-8")
+    assert saved_test_scores(run)["bleu"] == 30.0
+    assert saved_test_scores(run, "bfloat16")["bleu"] == 31.0
+    assert saved_test_scores(run, "bfloat16")["decode_dtype"] == "bfloat16"

@@ -531,7 +531,9 @@ def cmd_evaluate(args) -> int:
                               batch_size=args.batch_size, on_batch=advance)
     seconds = time.perf_counter() - started
     hyps = [r.text for r in results]
-    kind = ".ensemble" if args.ensemble else ""  # never overwrites the single model's files
+    # never overwrites the single float32 model's files
+    kind = (".ensemble" if args.ensemble else "") + (
+        ".bfloat16" if t.decode.dtype == "bfloat16" else "")
     out = Path(args.output) if args.output else run_dir / "eval" / f"{name}{kind}.hyp"
     _write_lines(str(out), hyps)
     from translator.config import load_config
@@ -542,6 +544,7 @@ def cmd_evaluate(args) -> int:
     scores = score_all(hyps, ref, load_config(RunPaths(run_dir).config).data.tgt_lang)
     scores.update({"split": name, "weights": args.weights or BEST_WEIGHTS,
                    "beam_size": beam, "length_penalty": alpha,
+                   "decode_dtype": t.decode.dtype,
                    "translate_seconds": round(seconds, 1), "hypotheses": str(out),
                    "sources_over_max_len": too_long})
     if n_best > 1:  # the run's decode.n_best (or --set decode.n_best=N), at most the beam
@@ -554,7 +557,8 @@ def cmd_evaluate(args) -> int:
     from translator.fileio import write_text_atomic
 
     # the record is saved beside the hypotheses: RUN/eval/test.json by default, which
-    # serve's /v1/model shows; an ensemble's is test.ensemble.json, never the single model's
+    # serve's /v1/model shows; an ensemble's is test.ensemble.json and a bfloat16 decoding's
+    # test.bfloat16.json, never the single float32 model's
     saved = _beside(out, ".json")
     scores["json"] = str(saved)
     write_text_atomic(saved, json.dumps(scores) + "\n")
@@ -639,7 +643,7 @@ def cmd_serve(args) -> int:
         max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
         max_sentences=args.max_sentences, max_chars=args.max_chars,
         model_info={"run_dir": str(args.run_dir), "weights": args.weights or BEST_WEIGHTS,
-                    "test": saved_test_scores(args.run_dir),
+                    "test": saved_test_scores(args.run_dir, t.decode.dtype),
                     "decode_dtype": t.decode.dtype,
                     "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS")})
     url = url_of(sock)

@@ -66,11 +66,13 @@ class ServeSettings:
     model_info: dict[str, Any] = field(default_factory=dict)  # run dir, weights, test scores
 
 
-def saved_test_scores(run_dir: str | Path) -> dict[str, Any] | None:
+def saved_test_scores(run_dir: str | Path, dtype: str = "float32") -> dict[str, Any] | None:
     """The newest ``translator evaluate`` record of the test split saved as JSON in
     ``RUN_DIR/eval/`` or ``RUN_DIR/results/`` (``translator evaluate RUN --split test``
     saves ``eval/test.json``), or None. Ensemble records (``translator evaluate RUN
-    --ensemble ...`` writes ``eval/test.ensemble.json``) are not the served model's: skipped."""
+    --ensemble ...`` writes ``eval/test.ensemble.json``) are not the served model's: skipped.
+    So are records of another ``decode.dtype`` than ``dtype`` (a record without the key is
+    from before it existed: float32)."""
     found = []
     for folder in ("eval", "results"):
         for path in Path(run_dir, folder).glob("*.json"):
@@ -79,12 +81,14 @@ def saved_test_scores(run_dir: str | Path) -> dict[str, Any] | None:
             except (OSError, ValueError, IndexError):
                 continue
             if (isinstance(record, dict) and record.get("split") == "test" and "bleu" in record
-                    and "ensemble" not in record):  # an ensemble's score is not this model's
+                    and "ensemble" not in record  # an ensemble's score is not this model's
+                    and record.get("decode_dtype", "float32") == dtype):
                 found.append((path.stat().st_mtime, path, record))
     if not found:
         return None
     _, path, record = max(found, key=lambda x: x[0])
-    keys = ("bleu", "bleu_signature", "chrf", "sentences", "beam_size", "weights")
+    keys = ("bleu", "bleu_signature", "chrf", "sentences", "beam_size", "weights",
+            "decode_dtype")
     return {**{k: record[k] for k in keys if k in record}, "file": str(path)}
 
 
