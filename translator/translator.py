@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import zipfile
@@ -61,7 +60,6 @@ class Translation:
     source_too_long: bool = False  # more subwords than the model was trained on (max_len)
 
 
-DTYPES = ("float32", "bfloat16")  # decode.dtype
 log = logging.getLogger(__name__)
 
 
@@ -134,11 +132,9 @@ class Translator:
         paths = RunPaths(Path(run_dir))
         if not paths.config.is_file():
             raise UserError(f"{run_dir}: not a run dir (no config.yaml); train one first")
+        if dtype is not None:  # the last override wins, validated as --set's are
+            overrides = (*overrides, f"decode.dtype={dtype}")
         cfg: Config = with_decode_overrides(load_config(paths.config), tuple(overrides))
-        if dtype is not None and dtype != cfg.decode.dtype:
-            if dtype not in DTYPES:
-                raise UserError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
-            cfg = dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, dtype=dtype))
         if cfg.decode.dtype == "bfloat16" and warn:  # once for an ensemble
             _warn_slow_bfloat16()
         tokenizers = Tokenizers.load(paths.root)
