@@ -150,3 +150,44 @@ def test_a_bfloat16_evaluation_keeps_its_own_record(memorized_run, run_cli, tmp_
     assert saved_test_scores(run)["bleu"] == 30.0
     assert saved_test_scores(run, "bfloat16")["bleu"] == 31.0
     assert saved_test_scores(run, "bfloat16")["decode_dtype"] == "bfloat16"
+
+
+def test_bucketed_sentence_counts_change_no_translation(memorized_run):
+    """In bfloat16 a batch's sentence count is padded up to a bucket (1, 2, 4, 8, 16, ...)
+    with EOS-only rows, and the search keeps its active sentences at bucket sizes: the
+    translations, n-best lists and attention are those of the plain search."""
+    from translator.translator import search_fn
+
+    run, src, tgt = memorized_run["run_dir"], memorized_run["src"], memorized_run["tgt"]
+    t = Translator.load(run, overrides=BF16)
+    shapes = []
+    original = t._search
+
+    def spying(*args):
+        search = original(*args)
+
+        def call(batch):
+            shapes.append(tuple(batch.shape))
+            return search(batch)
+        return call
+
+    t._search = spying
+    for beam, batch_size in ((1, 3), (3, 5), (3, 11), (3, 20)):
+        shapes.clear()
+        got = t.translate(src, beam_size=beam, n_best=min(beam, 2), batch_size=batch_size,
+                          return_attention=True)
+        assert [g.text for g in got] == tgt
+        assert all(rows in (1, 2, 4, 8, 16, 24) and width % 8 == 0 for rows, width in shapes)
+        assert sum(rows for rows, _ in shapes) > len(src) or batch_size == 20  # padded
+        plain = tf.function(search_fn(t.models, t.decode, beam, 0.6, beam, True))
+        ids = t.encode_sources(src)
+        width = max(len(x) for x in ids)
+        batch = np.zeros((len(ids), width), np.int32)
+        for row, x in enumerate(ids):
+            batch[row, :len(x)] = x
+        out = {k: v.numpy() for k, v in plain(tf.constant(batch)).items()}
+        for row, g in enumerate(got):
+            assert g.score == pytest.approx(float(out["scores"][row, 0]), abs=2e-2)
+            steps = len(g.n_best[0].pieces) + 1
+            assert np.allclose(g.attention, out["attention"][row, 0, :steps, :len(ids[row])],
+                               atol=2e-2)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from translator.decoding import beam_search, greedy_search, length_penalty
+from translator.decoding import beam_search, bucket_size, greedy_search, length_penalty
 
 PAD, UNK, BOS, EOS, A, B, C = range(7)
 V = 7
@@ -324,3 +324,61 @@ def test_beam_search_equals_ranking_every_candidate_on_a_large_vocabulary(tables
             for n, (toks, score) in enumerate(want):
                 assert seqs(r, n)[s] == toks, (k, alpha, s, n)
                 assert r.scores.numpy()[s, n] == score, (k, alpha, s, n)
+
+
+def test_bucket_sizes():
+    assert [bucket_size(n) for n in range(0, 26)] == [
+        0, 1, 2, 4, 4, 8, 8, 8, 8, 16, 16, 16, 16, 16, 16, 16, 16, 24, 24, 24, 24, 24, 24, 24,
+        24, 32]
+    assert [int(bucket_size(tf.constant(n))) for n in range(0, 70)] == [
+        bucket_size(n) for n in range(0, 70)]
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_bucketed_rows_change_no_result(search):
+    """``bucket=True`` runs padding rows beside the active sentences so the step function
+    sees only bucket sizes; every result is that of the search without it (the same
+    hypotheses; the scores to the last bit or so: log_softmax's rounding may depend on a
+    row's place in the batch), also with padding sentences (``real`` False) that the
+    caller added."""
+    kinds = [TRAP, SHORT, ENDLESS, EARLY]
+    tables = np.stack(kinds)
+    sids = [0, 1, 2, 3, 1, 0, 3, 3, 2, 1, 0]  # 11 sentences, ending at different steps
+    kw = {"return_attention": True}
+    if search == "beam":
+        kw.update(beam_size=3, alpha=0.6, n_best=2)
+    k = kw.get("beam_size", 1)
+    limit = tf.constant([3 + i % 5 for i in range(len(sids))])
+    step = scripted(tables)
+
+    def searched(sids, limit, **more):
+        seen = []
+
+        def counting(tokens, state):
+            seen.append(int(tokens.shape[0]) // k)
+            return step(tokens, state)
+
+        fn = greedy_search if search == "greedy" else beam_search
+        r = fn(counting, {"sid": tf.constant(sids, tf.int32)}, limit, BOS, EOS, **kw, **more)
+        return r, seen
+
+    plain, plain_seen = searched(sids, limit)
+    assert len(set(plain_seen)) > 3  # the batch shrinks through many sizes
+    bucketed, seen = searched(sids, limit, bucket=True)
+    assert seen[0] == len(sids) and all(n == bucket_size(n) for n in seen[1:]), seen
+    assert len(seen) == len(plain_seen)
+    # padding sentences (5 more, of the endless kind, up to 16) change nothing either
+    real = tf.constant([True] * len(sids) + [False] * 5)
+    padded, padded_seen = searched(sids + [2] * 5, tf.concat([limit, [12] * 5], 0),
+                                   bucket=True, real=real)
+    assert padded_seen[0] == 16 and all(n == bucket_size(n) for n in padded_seen), padded_seen
+    for other in (bucketed, padded):
+        for name in ("tokens", "lengths", "scores", "attention"):
+            want, got = getattr(plain, name).numpy(), getattr(other, name).numpy()[: len(sids)]
+            if name in ("tokens", "attention"):  # padding sentences may run longer
+                got = got[:, :, : want.shape[2]]
+                assert not getattr(other, name).numpy()[: len(sids), :, want.shape[2]:].any()
+            if name == "scores":  # a row's place in the batch may move the last bit
+                np.testing.assert_allclose(got, want, rtol=0, atol=1e-6, err_msg=name)
+            else:
+                np.testing.assert_array_equal(got, want, err_msg=name)

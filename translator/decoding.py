@@ -82,6 +82,8 @@ def greedy_search(
     eos_id: int,
     return_attention: bool = False,
     normalized: bool = False,
+    bucket: bool = False,
+    real: tf.Tensor | None = None,
 ) -> SearchResult:
     """Pick the most likely token at each step.
 
@@ -89,18 +91,19 @@ def greedy_search(
         state: initial decoder state for ``batch`` sentences.
         max_len: ``(batch,)`` int32, most tokens a hypothesis may have before EOS.
         normalized: ``step_fn`` returns log-probabilities, not logits.
+        bucket, real: see :func:`beam_search`.
     """
     batch = tf.shape(max_len)[0]
     limit = tf.reduce_max(max_len)
     # As in beam_search, the loop runs on the active (unfinished) sentences only, ``rows``
     # holding their batch indices; what is returned is written at full size.
-    rows = tf.range(batch)
+    rows, n_out = _first_rows(batch, bucket, real)
     tokens = tf.fill([batch], bos_id)
     out_tokens = tf.TensorArray(tf.int32, size=0, dynamic_size=True)
     out_attn = tf.TensorArray(tf.float32, size=0, dynamic_size=True)
     scores = tf.zeros([batch], tf.float32)
     lengths = tf.zeros([batch], tf.int32)
-    final = (scores, lengths)
+    final = (tf.zeros([n_out], tf.float32), tf.zeros([n_out], tf.int32))
 
     def cond(t, rows, *_):
         return tf.logical_and(t <= limit, tf.size(rows) > 0)
@@ -117,19 +120,19 @@ def greedy_search(
         is_eos = tf.equal(next_tokens, eos_id)
         lengths += tf.cast(tf.logical_not(is_eos), tf.int32)
         out_tokens = out_tokens.write(
-            t, _full(rows, tf.where(is_eos, 0, next_tokens), tf.zeros([batch], tf.int32)))
+            t, _full(rows, tf.where(is_eos, 0, next_tokens), tf.zeros([n_out], tf.int32)))
         if return_attention:
             attention = tf.cast(attention, tf.float32)
             out_attn = out_attn.write(t, _full(rows, attention, tf.zeros(
-                tf.stack([batch, tf.shape(attention)[1]]))))
+                tf.stack([n_out, tf.shape(attention)[1]]))))
         final = (_full(rows, scores, final[0]), _full(rows, lengths, final[1]))
-        keep = tf.cast(tf.where(tf.logical_not(is_eos))[:, 0], tf.int32)
-        # the state is gathered only when a sentence ends (most of it, the encoder
+        keep, next_rows, changed = _next_rows(tf.logical_not(is_eos), rows, batch, bucket)
+        # the state is gathered only when the rows change (most of it, the encoder
         # memory, does not change from step to step)
-        state = tf.cond(tf.reduce_any(is_eos),
+        state = tf.cond(changed,
                         lambda: tf.nest.map_structure(lambda x: tf.gather(x, keep), state),
                         lambda: state)
-        return (t + 1, tf.gather(rows, keep), tf.gather(next_tokens, keep), state,
+        return (t + 1, next_rows, tf.gather(next_tokens, keep), state,
                 tf.gather(max_len, keep), tf.gather(scores, keep), tf.gather(lengths, keep),
                 final, out_tokens, out_attn)
 
@@ -137,11 +140,11 @@ def greedy_search(
                  out_tokens, out_attn)
     loop = tf.while_loop(cond, body, loop_vars, shape_invariants=_shrinking(loop_vars, 1, 7),
                          maximum_iterations=tf.maximum(limit + 1, 0))  # cond's bound, explicit
-    scores, lengths = loop[7]
-    tokens = tf.transpose(loop[8].stack(), (1, 0))  # (batch, steps)
+    scores, lengths = (x[:batch] for x in loop[7])
+    tokens = tf.transpose(loop[8].stack(), (1, 0))[:batch]  # (batch, steps)
     attention = None
     if return_attention:
-        attention = tf.transpose(loop[9].stack(), (1, 0, 2))[:, tf.newaxis]
+        attention = tf.transpose(loop[9].stack(), (1, 0, 2))[:batch, tf.newaxis]
     return SearchResult(tokens[:, tf.newaxis], lengths[:, tf.newaxis], scores[:, tf.newaxis],
                         attention)
 
@@ -149,6 +152,59 @@ def greedy_search(
 def _full(rows: tf.Tensor, values: tf.Tensor, rest: tf.Tensor) -> tf.Tensor:
     """The active sentences' ``values`` placed at their batch ``rows`` of ``rest``."""
     return tf.tensor_scatter_nd_update(rest, rows[:, tf.newaxis], values)
+
+
+# Row buckets: 1, 2, 4, 8, then multiples of 8 (see ``bucket_size``).
+_SMALL_BUCKETS = (0, 1, 2, 4, 4, 8, 8, 8, 8)
+
+
+def bucket_size(n):
+    """The bucket ``n`` rows are padded up to when a search runs with ``bucket=True``:
+    the next of 1, 2, 4, 8, 16, 24, 32, ... (0 for 0). Works on a Python int or an int32
+    tensor."""
+    if isinstance(n, int):
+        return _SMALL_BUCKETS[n] if n <= 8 else -(-n // 8) * 8
+    small = tf.gather(tf.constant(_SMALL_BUCKETS), tf.minimum(n, 8))
+    return tf.where(n <= 8, small, (n + 7) // 8 * 8)
+
+
+def _first_rows(batch: tf.Tensor, bucket: bool, real: tf.Tensor | None):
+    """The first step's batch ``rows`` and the size of the full-size outputs: with
+    ``bucket``, one more than ``batch``, a scratch row that padding rows write to (and
+    that is cut off at the end)."""
+    rows = tf.range(batch)
+    if not bucket:
+        return rows, batch
+    if real is not None:
+        rows = tf.where(real, rows, batch)
+    return rows, batch + 1
+
+
+def _next_rows(live: tf.Tensor, rows: tf.Tensor, batch: tf.Tensor, bucket: bool):
+    """The next step's rows, from ``live`` ``(active,)``, the active rows that go on.
+
+    Returns the indices (into the active rows) to gather the next step's tensors by,
+    their batch rows, and whether anything moved (``False``: the gather is the
+    identity and can be skipped). With ``bucket``, the live rows are followed by
+    padding rows up to :func:`bucket_size`, so that the step function sees few distinct
+    shapes (oneDNN, which bfloat16 needs, builds and keeps kernels per shape): rows that
+    are done (their state is a valid one), else copies of a live row. A padding row
+    writes its results to the scratch row ``batch``."""
+    if bucket:
+        live = tf.logical_and(live, rows < batch)
+    keep = tf.cast(tf.where(live)[:, 0], tf.int32)
+    if not bucket:
+        return keep, tf.gather(rows, keep), tf.logical_not(tf.reduce_all(live))
+    active = tf.size(rows)
+    size = tf.size(keep)
+    pad = bucket_size(size) - size
+    spare = tf.cast(tf.where(tf.logical_not(live))[:, 0], tf.int32)
+    index = tf.concat([keep, tf.concat([spare, tf.repeat(keep[:1], pad)], 0)[:pad]], 0)
+    next_rows = tf.concat([tf.gather(rows, keep), tf.fill([pad], batch)], 0)
+    changed = tf.cond(tf.equal(size + pad, active),
+                      lambda: tf.reduce_any(tf.not_equal(index, tf.range(active))),
+                      lambda: tf.constant(True))
+    return index, next_rows, changed
 
 
 def _tile(x: tf.Tensor, beam: int) -> tf.Tensor:
@@ -168,6 +224,8 @@ def beam_search(
     return_attention: bool = False,
     constant_keys: Sequence[str] = (),
     normalized: bool = False,
+    bucket: bool = False,
+    real: tf.Tensor | None = None,
 ) -> SearchResult:
     """Beam search with GNMT length penalty ``alpha``; returns the ``n_best`` best
     hypotheses per sentence, sorted by score (best first).
@@ -177,6 +235,12 @@ def beam_search(
     saves copying them at every step. Each step records its tokens and back-pointers;
     the hypotheses (and their attention) are read back once, after the loop.
     ``normalized``: ``step_fn`` returns log-probabilities, not logits.
+
+    ``bucket``: keep the number of active sentences at one of a few sizes (1, 2, 4, 8,
+    then multiples of 8; :func:`bucket_size`) by running padding rows beside them, for
+    backends that build kernels per shape. The results are unchanged. ``real``
+    ``(batch,)`` bool marks the sentences to decode; the others (``False``) are padding
+    that the caller added to bucket the batch itself: their results are meaningless.
     """
     if not 1 <= n_best <= beam_size:
         raise ValueError(f"n_best must be in [1, beam_size={beam_size}], got {n_best}")
@@ -194,17 +258,18 @@ def beam_search(
     # scores, lengths and finished flags, and each step's history is written for the whole
     # batch, a settled sentence's as EOS padding with its beams in place (token 0, parent =
     # itself).
-    rows = tf.range(batch)
+    rows, n_out = _first_rows(batch, bucket, real)
     beam_max = tf.reshape(_tile(max_len, k), [batch, k])
     log_probs = tf.tile(tf.constant([[0.0] + [NEG_INF] * (k - 1)]), [batch, 1])
     finished = tf.zeros([batch, k], tf.bool)
     lengths = tf.zeros([batch, k], tf.int32)
     tokens = tf.fill([batch * k], bos_id)
-    final = (log_probs, lengths, finished)
+    final = (tf.tile(log_probs[:1], [n_out, 1]), tf.zeros([n_out, k], tf.int32),
+             tf.zeros([n_out, k], tf.bool))
     history = (tf.TensorArray(tf.int32, size=0, dynamic_size=True),   # emitted tokens
                tf.TensorArray(tf.int32, size=0, dynamic_size=True),   # parent beams
                tf.TensorArray(tf.float32, size=0, dynamic_size=True))  # attention
-    in_place = tf.tile(tf.range(k)[tf.newaxis], [batch, 1])
+    in_place = tf.tile(tf.range(k)[tf.newaxis], [n_out, 1])
 
     def cond(t, rows, *_):
         return tf.logical_and(t <= limit, tf.size(rows) > 0)
@@ -245,7 +310,7 @@ def beam_search(
             attn_active = tf.gather(tf.reshape(tf.cast(attention, tf.float32), [active, k, -1]),
                                     parent, batch_dims=1)
             attn = attn.write(t, _full(rows, attn_active, tf.zeros(
-                tf.concat([[batch, k], tf.shape(attn_active)[2:]], 0))))
+                tf.concat([[n_out, k], tf.shape(attn_active)[2:]], 0))))
         final = (_full(rows, log_probs, final[0]), _full(rows, lengths, final[1]),
                  _full(rows, finished, final[2]))
         # A sentence is settled once its n_best-th finished hypothesis scores at least
@@ -260,17 +325,17 @@ def beam_search(
             tf.where(finished, -np.inf, log_probs / length_penalty(beam_max, alpha)), axis=1)
         settled = tf.logical_or(tf.reduce_all(finished, axis=1), nth_finished >= bound)
         # the active sentences' next rows: the surviving beams of the unsettled ones
-        keep = tf.cast(tf.where(tf.logical_not(settled))[:, 0], tf.int32)
+        keep, next_rows, changed = _next_rows(tf.logical_not(settled), rows, batch, bucket)
         parent, token = tf.gather(parent, keep), tf.gather(token, keep)
         flat = tf.reshape(parent + (keep * k)[:, tf.newaxis], [-1])
         state = tf.nest.map_structure(lambda x: tf.gather(x, flat), state)
-        if constant_keys:  # unchanged by the step; gathered only when a sentence leaves
+        if constant_keys:  # unchanged by the step; gathered only when the rows change
             beams = tf.reshape((keep * k)[:, tf.newaxis] + tf.range(k)[tf.newaxis], [-1])
-            constant = tf.cond(tf.reduce_any(settled),
+            constant = tf.cond(changed,
                                lambda: tf.nest.map_structure(lambda x: tf.gather(x, beams),
                                                              constant),
                                lambda: constant)
-        return (t + 1, tf.gather(rows, keep), tf.reshape(token, [-1]), state, constant,
+        return (t + 1, next_rows, tf.reshape(token, [-1]), state, constant,
                 tf.gather(beam_max, keep), tf.gather(log_probs, keep),
                 tf.gather(finished, keep), tf.gather(lengths, keep), final,
                 (out_tokens, parents, attn))
@@ -279,7 +344,7 @@ def beam_search(
                  lengths, final, history)
     loop = tf.while_loop(cond, body, loop_vars, shape_invariants=_shrinking(loop_vars, 1, 9),
                          maximum_iterations=tf.maximum(limit + 1, 0))  # cond's bound, explicit
-    log_probs, lengths, finished = loop[9]
+    log_probs, lengths, finished = (x[:batch] for x in loop[9])
     history = loop[10]
     scores = log_probs / length_penalty(lengths, alpha)
     # finished hypotheses first: a settled sentence's live beams stopped where they were,
@@ -288,7 +353,7 @@ def beam_search(
     done_first = tf.argsort(tf.cast(tf.gather(finished, order, batch_dims=1), tf.int32), axis=1,
                             direction="DESCENDING", stable=True)
     order = tf.gather(order, done_first, batch_dims=1)[:, :n_best]
-    seqs, attention = _backtrack(history, order, return_attention)
+    seqs, attention = _backtrack(history, order, return_attention, batch)
     return SearchResult(
         seqs,
         tf.gather(lengths, order, batch_dims=1),
@@ -312,23 +377,27 @@ def _shrinking(loop_vars, first: int, stop: int):
                  for i, v in enumerate(loop_vars))
 
 
-def _backtrack(history, beams: tf.Tensor, return_attention: bool):
+def _backtrack(history, beams: tf.Tensor, return_attention: bool, batch: tf.Tensor):
     """Follow the back-pointers from the final ``beams`` ``(batch, n)`` to the first
-    step; returns tokens ``(batch, n, steps)`` and attention
-    ``(batch, n, steps, src_len)`` (or None)."""
+    step (the history's rows past ``batch``, a scratch row, are left out); returns tokens
+    ``(batch, n, steps)`` and attention ``(batch, n, steps, src_len)`` (or None)."""
     out_tokens, parents, attn = history
     steps = out_tokens.size()
     tokens_ta = tf.TensorArray(tf.int32, size=steps)
     attn_ta = tf.TensorArray(tf.float32, size=steps)
 
     def body(t, beams, tokens_ta, attn_ta):
-        tokens_ta = tokens_ta.write(t, tf.gather(out_tokens.read(t), beams, batch_dims=1))
+        tokens_ta = tokens_ta.write(
+            t, tf.gather(out_tokens.read(t)[:batch], beams, batch_dims=1))
         if return_attention:
-            attn_ta = attn_ta.write(t, tf.gather(attn.read(t), beams, batch_dims=1))
-        return t - 1, tf.gather(parents.read(t), beams, batch_dims=1), tokens_ta, attn_ta
+            attn_ta = attn_ta.write(t, tf.gather(attn.read(t)[:batch], beams, batch_dims=1))
+        return (t - 1, tf.gather(parents.read(t)[:batch], beams, batch_dims=1), tokens_ta,
+                attn_ta)
 
     _, _, tokens_ta, attn_ta = tf.while_loop(
         lambda t, *_: t >= 0, body, (steps - 1, beams, tokens_ta, attn_ta),
+        shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, None]),
+                          tf.TensorShape(None), tf.TensorShape(None)),
         maximum_iterations=steps)
     n = tf.shape(beams)[1]
     batch = tf.shape(beams)[0]

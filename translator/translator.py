@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from translator.config import Config, DecodeConfig, load_config, with_decode_overrides
 from translator.corpus import normalize
-from translator.decoding import beam_search, greedy_search, max_lengths
+from translator.decoding import beam_search, bucket_size, greedy_search, max_lengths
 from translator.ensemble import Ensemble
 from translator.errors import UserError
 from translator.hardware import cpu_has_native_bfloat16
@@ -178,7 +178,8 @@ class Translator:
         key = (beam_size, float(alpha), n_best, attention)
         if key not in self._searches:
             self._searches[key] = tf.function(
-                search_fn(self.models, self.decode, beam_size, alpha, n_best, attention),
+                search_fn(self.models, self.decode, beam_size, alpha, n_best, attention,
+                          bucket=self.decode.dtype == "bfloat16"),
                 input_signature=[tf.TensorSpec([None, None], tf.int32)], reduce_retracing=True)
         return self._searches[key]
 
@@ -249,7 +250,12 @@ class Translator:
                 # source widths rounded up to a multiple of 8 (masked padding: the same
                 # translations and scores) give a server's batches far fewer shapes
                 width = -(-width // 8) * 8
-            batch = np.zeros((len(chunk), width), np.int32)
+            # with bfloat16, the sentence count too is padded up to a bucket (1, 2, 4,
+            # 8, 16, 24, ...): rows holding only EOS, which the search drops after its
+            # first step (search_fn's ``bucket``)
+            rows = bucket_size(len(chunk)) if self.decode.dtype == "bfloat16" else len(chunk)
+            batch = np.zeros((rows, width), np.int32)
+            batch[len(chunk):, 0] = EOS_ID
             for row, j in enumerate(chunk):
                 batch[row, : len(ids[j])] = ids[j]
             out = {k: v.numpy() for k, v in search(tf.constant(batch)).items()}
@@ -288,7 +294,7 @@ class Translator:
 
 
 def search_fn(model: Seq2Seq | Sequence[Seq2Seq], decode: DecodeConfig, beam_size: int,
-              alpha: float, n_best: int, attention: bool
+              alpha: float, n_best: int, attention: bool, bucket: bool = False
               ) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
     """The search both front doors compile: :class:`Translator` wraps it in a
     ``tf.function``, :mod:`translator.export` calls it inside its serving function.
@@ -298,7 +304,11 @@ def search_fn(model: Seq2Seq | Sequence[Seq2Seq], decode: DecodeConfig, beam_siz
     ``attention``, ``attention`` ``(batch, n_best, len + 1, src_len)``. The output limit is
     ``decode.max_ratio * source_length + decode.max_extra`` (see :func:`max_lengths`).
     ``model`` may be a list of models sharing the target vocabulary: two or more decode as
-    an :class:`~translator.ensemble.Ensemble` (mean log-probabilities at every step)."""
+    an :class:`~translator.ensemble.Ensemble` (mean log-probabilities at every step).
+
+    ``bucket``: the searches keep their active sentences at a few sizes (see
+    :func:`~translator.decoding.beam_search`), and a source row holding only EOS is
+    padding (added to bucket the batch), not a sentence: its output is meaningless."""
     ratio, extra = decode.max_ratio, decode.max_extra
     if isinstance(model, Sequence):
         models = list(model)
@@ -314,12 +324,14 @@ def search_fn(model: Seq2Seq | Sequence[Seq2Seq], decode: DecodeConfig, beam_siz
         state = decoder.encode(source_ids)
         src_len = tf.reduce_sum(tf.cast(tf.not_equal(source_ids, PAD_ID), tf.int32), 1)
         limit = max_lengths(src_len, ratio, extra)
+        real = src_len > 1 if bucket else None
         if beam_size == 1:
             r = greedy_search(decoder.step, state, limit, BOS_ID, EOS_ID, attention,
-                              normalized=normalized)
+                              normalized=normalized, bucket=bucket, real=real)
         else:
             r = beam_search(decoder.step, state, limit, BOS_ID, EOS_ID, beam_size, alpha, n_best,
-                            attention, constant_keys=constant, normalized=normalized)
+                            attention, constant_keys=constant, normalized=normalized,
+                            bucket=bucket, real=real)
         out = {"tokens": r.tokens, "lengths": r.lengths, "scores": r.scores}
         if attention:
             out["attention"] = r.attention
