@@ -156,3 +156,45 @@ def test_xla_training_step_matches_plain(attention):
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
     for plain, xla in zip(*weights, strict=True):
         np.testing.assert_allclose(plain, xla, atol=1e-4)
+
+
+def test_word_dropout_zeroes_whole_tokens_in_training_only(monkeypatch):
+    """``word_dropout`` zeroes a token's whole embedding (source tokens and target input
+    tokens alike, each with its own draw) and scales the kept ones by 1 / (1 - rate); it
+    runs in training only, and without it training mode is inference here (no other
+    dropout)."""
+    import translator.model.decoder as decoder_module
+    import translator.model.encoder as encoder_module
+
+    inputs = {"source_ids": SRC, "target_in": TIN}
+    plain = make(dropout=0.0, embed_dropout=0.0)
+    np.testing.assert_allclose(plain(inputs, training=True).numpy(), plain(inputs).numpy(),
+                               rtol=1e-6, atol=1e-6)
+    seen = []
+    for module in (encoder_module, decoder_module):
+        real = module.replica_dropout
+
+        def spy(x, rate, gen, noise_shape=None, real=real, name=module.__name__):
+            out = real(x, rate, gen, noise_shape)
+            seen.append((name, rate, noise_shape, x.numpy(), out.numpy()))
+            return out
+
+        monkeypatch.setattr(module, "replica_dropout", spy)
+    model = make(dropout=0.0, embed_dropout=0.0, word_dropout=0.5)
+    model.set_weights(plain.get_weights())
+    np.testing.assert_array_equal(model(inputs).numpy(), plain(inputs).numpy())
+    assert seen == []  # inference: never drawn
+    dropped = kept = 0
+    for _ in range(10):
+        assert np.abs(model(inputs, training=True).numpy() - plain(inputs).numpy()).max() > 1e-4
+    assert {name for name, *_ in seen} == {"translator.model.encoder", "translator.model.decoder"}
+    for _, rate, noise_shape, x, out in seen:
+        assert rate == 0.5 and noise_shape == (None, None, 1)
+        zero = np.all(out == 0, axis=-1)
+        np.testing.assert_allclose(out[~zero], 2 * x[~zero], rtol=1e-6)
+        dropped += zero.sum()
+        kept += (~zero).sum()
+    assert 0.35 < dropped / (dropped + kept) < 0.65, (dropped, kept)
+    config = model.get_config()
+    assert config["word_dropout"] == 0.5
+    assert Seq2Seq.from_config(config).encoder.word_dropout == 0.5

@@ -136,6 +136,7 @@ class ModelConfig:
     input_feeding: bool = True
     dropout: float = 0.2
     embed_dropout: float = 0.1
+    word_dropout: float = 0.0
     tie_embeddings: bool = False
 
     def __post_init__(self) -> None:
@@ -152,6 +153,7 @@ class ModelConfig:
             _range("model.attention_units", self.attention_units, 1, None)
         _range("model.dropout", self.dropout, 0.0, 0.95)
         _range("model.embed_dropout", self.embed_dropout, 0.0, 0.95)
+        _range("model.word_dropout", self.word_dropout, 0.0, 0.95)
 
 
 @dataclass(frozen=True)

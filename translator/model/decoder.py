@@ -41,13 +41,15 @@ class Decoder(keras.layers.Layer):
         attention: score type (see :class:`Attention`); attention_units: its size.
         input_feeding: feed the previous attentional vector into the next step.
         dropout, embed_dropout: rates between layers / on embeddings.
+        word_dropout: the probability that a target input token's whole embedding is
+            zeroed in training (see :class:`~translator.model.encoder.Encoder`).
         tie_embeddings: reuse the target embedding matrix as output projection.
     """
 
     def __init__(self, vocab_size: int, embed_dim: int, units: int, num_layers: int = 1,
                  attention: str = "bahdanau", attention_units: int | None = None,
                  input_feeding: bool = True, dropout: float = 0.0, embed_dropout: float = 0.0,
-                 tie_embeddings: bool = False, **kwargs):
+                 tie_embeddings: bool = False, word_dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.embed_dim = embed_dim
@@ -58,6 +60,7 @@ class Decoder(keras.layers.Layer):
         self.input_feeding = input_feeding
         self.dropout = dropout
         self.embed_dropout = embed_dropout
+        self.word_dropout = word_dropout
         self.tie_embeddings = tie_embeddings
         policy = self.dtype_policy
         self.embedding = keras.layers.Embedding(vocab_size, embed_dim, name="embedding",
@@ -262,6 +265,9 @@ class Decoder(keras.layers.Layer):
         Returns logits ``(batch, tgt_len, vocab_size)``.
         """
         x = self.embedding(target_in)
+        if training and self.word_dropout > 0:
+            x = replica_dropout(x, self.word_dropout, self.seed_generator,
+                                noise_shape=(None, None, 1))
         if training and self.embed_dropout > 0:
             x = replica_dropout(x, self.embed_dropout, self.seed_generator)
         batch = ops.shape(target_in)[0]
@@ -308,6 +314,6 @@ class Decoder(keras.layers.Layer):
             "num_layers": self.num_layers, "attention": self.attention_type,
             "attention_units": self.attention_units, "input_feeding": self.input_feeding,
             "dropout": self.dropout, "embed_dropout": self.embed_dropout,
-            "tie_embeddings": self.tie_embeddings,
+            "tie_embeddings": self.tie_embeddings, "word_dropout": self.word_dropout,
         })
         return config

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from translator.model.dropout import ReplicaDropout
+from translator.model.dropout import ReplicaDropout, replica_dropout
 
 
 @keras.saving.register_keras_serializable(package="translator")
@@ -21,10 +21,13 @@ class Encoder(keras.layers.Layer):
         units: output features (forward and backward concatenated).
         num_layers: stacked bidirectional layers.
         dropout: between layers; embed_dropout: on the embeddings.
+        word_dropout: the probability that a source token's whole embedding is zeroed in
+            training (word dropout; the kept ones are scaled by ``1 / (1 - rate)``).
     """
 
     def __init__(self, vocab_size: int, embed_dim: int, units: int, num_layers: int = 1,
-                 dropout: float = 0.0, embed_dropout: float = 0.0, **kwargs):
+                 dropout: float = 0.0, embed_dropout: float = 0.0, word_dropout: float = 0.0,
+                 **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.embed_dim = embed_dim
@@ -32,6 +35,7 @@ class Encoder(keras.layers.Layer):
         self.num_layers = num_layers
         self.dropout = dropout
         self.embed_dropout = embed_dropout
+        self.word_dropout = word_dropout
         self.supports_masking = True
         policy = self.dtype_policy
         self.embedding = keras.layers.Embedding(vocab_size, embed_dim, mask_zero=True,
@@ -47,6 +51,10 @@ class Encoder(keras.layers.Layer):
             for i in range(num_layers)
         ]
         self.layer_dropout = ReplicaDropout(dropout, name="layer_dropout", dtype=policy)
+        # only with word dropout: an unseeded generator draws its seed from the global
+        # one, which would move the other layers' dropout streams
+        self.word_seed_generator = (keras.random.SeedGenerator() if word_dropout > 0
+                                    else None)
 
     def build(self, source_shape=None):
         self.embedding.build((None, None))
@@ -65,7 +73,11 @@ class Encoder(keras.layers.Layer):
             backward concatenated).
         """
         mask = ops.not_equal(source_ids, 0)
-        x = self.embedding_dropout(self.embedding(source_ids), training=training)
+        x = self.embedding(source_ids)
+        if training and self.word_dropout > 0:  # whole tokens: one draw per (sentence, token)
+            x = replica_dropout(x, self.word_dropout, self.word_seed_generator,
+                                noise_shape=(None, None, 1))
+        x = self.embedding_dropout(x, training=training)
         h = c = None
         for i, rnn in enumerate(self.rnns):
             out, h_f, c_f, h_b, c_b = rnn(x, mask=mask, training=training)
@@ -81,6 +93,6 @@ class Encoder(keras.layers.Layer):
         config.update({
             "vocab_size": self.vocab_size, "embed_dim": self.embed_dim, "units": self.units,
             "num_layers": self.num_layers, "dropout": self.dropout,
-            "embed_dropout": self.embed_dropout,
+            "embed_dropout": self.embed_dropout, "word_dropout": self.word_dropout,
         })
         return config

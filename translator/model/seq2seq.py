@@ -22,7 +22,7 @@ class Seq2Seq(keras.Model):
                  hidden_size: int = 512, encoder_layers: int = 1, decoder_layers: int = 1,
                  attention: str = "bahdanau", attention_units: int | None = None,
                  input_feeding: bool = True, dropout: float = 0.2, embed_dropout: float = 0.1,
-                 tie_embeddings: bool = False, **kwargs):
+                 tie_embeddings: bool = False, word_dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.src_vocab_size = src_vocab_size
         self.tgt_vocab_size = tgt_vocab_size
@@ -36,14 +36,17 @@ class Seq2Seq(keras.Model):
         self.dropout = dropout
         self.embed_dropout = embed_dropout
         self.tie_embeddings = tie_embeddings
+        self.word_dropout = word_dropout
         self.encoder = Encoder(src_vocab_size, embed_dim, hidden_size, encoder_layers,
-                               dropout=dropout, embed_dropout=embed_dropout, name="encoder",
+                               dropout=dropout, embed_dropout=embed_dropout,
+                               word_dropout=word_dropout, name="encoder",
                                dtype=self.dtype_policy)
         self.decoder = Decoder(tgt_vocab_size, embed_dim, hidden_size, decoder_layers,
                                attention=attention, attention_units=attention_units,
                                input_feeding=input_feeding, dropout=dropout,
                                embed_dropout=embed_dropout, tie_embeddings=tie_embeddings,
-                               name="decoder", dtype=self.dtype_policy)
+                               word_dropout=word_dropout, name="decoder",
+                               dtype=self.dtype_policy)
 
     def build(self, inputs_shape=None):
         self.encoder.build((None, None))
@@ -74,6 +77,7 @@ class Seq2Seq(keras.Model):
             "attention": self.attention, "attention_units": self.attention_units,
             "input_feeding": self.input_feeding, "dropout": self.dropout,
             "embed_dropout": self.embed_dropout, "tie_embeddings": self.tie_embeddings,
+            "word_dropout": self.word_dropout,
         })
         return config
 
@@ -100,6 +104,7 @@ def build_model(cfg, src_vocab_size: int, tgt_vocab_size: int,
         dropout=cfg.dropout,
         embed_dropout=cfg.embed_dropout,
         tie_embeddings=cfg.tie_embeddings,
+        word_dropout=cfg.word_dropout,
         **kwargs,
     )
     if dtype == "bfloat16":
