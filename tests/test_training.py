@@ -426,3 +426,30 @@ def test_bfloat16_on_a_cpu_without_it_is_a_warning(monkeypatch, caplog):
     with training.precision_policy(True):  # float16 never warns
         pass
     assert len(caplog.records) == 1
+
+
+def test_a_run_written_before_a_model_key_existed_still_resumes(tmp_path, run_cli):
+    """A run dir whose config.yaml lacks a key added to the package later (here
+    model.word_dropout) is the same setup as the default of that key: re-running the same
+    command resumes it. Another value of the key is refused, named."""
+    import yaml
+
+    src, tgt = toy_pairs(60, seed=6)
+    write_aligned(tmp_path / "data" / "toy", "train", src, tgt)
+    write_aligned(tmp_path / "data" / "toy", "dev", src[:10], tgt[:10])
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "a.yaml", toy_config(run, train={"epochs": 1}))
+    data = tmp_path / "data"
+    assert run_cli("-q", "train", cfg, "--data-root", data)[0] == 0
+    old = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    del old["model"]["word_dropout"]
+    (run / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=False), encoding="utf-8")
+    code, _, err = run_cli("-q", "train", cfg, "--data-root", data,
+                           "--set", "model.word_dropout=0.1", "--set", "train.epochs=2")
+    assert code == 2 and "Traceback" not in err
+    [line] = _err_lines(err)
+    assert "different model settings (model.word_dropout)" in line
+    code, _, err = run_cli("-q", "train", cfg, "--data-root", data, "--set", "train.epochs=2")
+    assert code == 0, err
+    records = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(r)["epoch"] for r in records] == [1, 2]

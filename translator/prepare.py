@@ -16,6 +16,7 @@ data and tokenizer, so it goes too, with a warning; any other file in the run di
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -140,13 +141,29 @@ def _unk_rate(ids: list[list[int]]) -> float:
 TRAINING_ONLY_TOKENIZER_KEYS = ("sample_alpha", "sample_nbest")
 
 
+def _with_defaults(section: Any, saved: Any) -> dict[str, Any]:
+    """A run's saved config ``section`` with the keys it lacks (keys added to the package
+    after it was written) at their defaults, which keep the behaviour of before."""
+    merged: dict[str, Any] = {}
+    for field in dataclasses.fields(section):
+        if field.default is not dataclasses.MISSING:
+            merged[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            merged[field.name] = field.default_factory()
+    return {**merged, **(saved if isinstance(saved, dict) else {})}
+
+
 def check_same_setup(paths: RunPaths, cfg: Config) -> None:
     """Refuse to mix a run dir with a config whose data/tokenizer/model differ
-    (:data:`TRAINING_ONLY_TOKENIZER_KEYS` aside)."""
+    (:data:`TRAINING_ONLY_TOKENIZER_KEYS` aside). A key the run's saved config lacks (it
+    was written before the key existed) counts as its default."""
     import yaml
 
     old = yaml.safe_load(paths.config.read_text(encoding="utf-8")) or {}
     new = config_to_dict(cfg)
+    if isinstance(old, dict):
+        old = {**old, **{section: _with_defaults(getattr(cfg, section), old.get(section))
+                         for section in ("data", "tokenizer", "model")}}
     for key in TRAINING_ONLY_TOKENIZER_KEYS:
         if isinstance(old.get("tokenizer"), dict):
             old["tokenizer"].pop(key, None)
