@@ -245,15 +245,15 @@ class Translator:
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             width = max(len(ids[j]) for j in chunk)
+            rows = len(chunk)
             if self.decode.dtype == "bfloat16":
                 # oneDNN, which bfloat16 needs, builds and keeps kernels per tensor shape:
                 # source widths rounded up to a multiple of 8 (masked padding: the same
-                # translations and scores) give a server's batches far fewer shapes
+                # translations and scores) and the sentence count up to a bucket (1, 2, 4,
+                # 8, 16, 24, ...; rows holding only EOS, which the search drops after its
+                # first step: search_fn's ``bucket``) give a server's batches few shapes
                 width = -(-width // 8) * 8
-            # with bfloat16, the sentence count too is padded up to a bucket (1, 2, 4,
-            # 8, 16, 24, ...): rows holding only EOS, which the search drops after its
-            # first step (search_fn's ``bucket``)
-            rows = bucket_size(len(chunk)) if self.decode.dtype == "bfloat16" else len(chunk)
+                rows = bucket_size(rows)
             batch = np.zeros((rows, width), np.int32)
             batch[len(chunk):, 0] = EOS_ID
             for row, j in enumerate(chunk):
