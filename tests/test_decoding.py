@@ -382,3 +382,26 @@ def test_bucketed_rows_change_no_result(search):
                 np.testing.assert_allclose(got, want, rtol=0, atol=1e-6, err_msg=name)
             else:
                 np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def test_chunked_top_k_takes_what_top_k_takes_ties_and_padding_included():
+    from translator.decoding import _top_k_last
+
+    rng = np.random.default_rng(0)
+    chunked = 0
+    for trial in range(60):
+        n = int(rng.choice([40, 2000, 4097, 40000]))  # 4097: the last chunk is padded
+        k = int(rng.integers(1, 8))
+        x = rng.normal(size=(6, n)).astype(np.float32)
+        if trial % 3 == 0:
+            x = np.round(x * 2)  # many exact ties, across chunks too
+        if trial % 4 == 0:
+            x[:, rng.integers(0, n, 50)] = -np.inf
+        if trial % 7 == 0:
+            x[:] = 1.0
+        if trial % 5 == 0:
+            x[:, -3:] = x.max() + 1  # the best entries in the last (padded) chunk
+        want = tf.math.top_k(x, k).indices.numpy()
+        np.testing.assert_array_equal(_top_k_last(tf.constant(x), k).numpy(), want)
+        chunked += n > 4 * k * 64
+    assert chunked >= 30  # most trials took the chunked path

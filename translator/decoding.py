@@ -8,8 +8,9 @@ where ``state`` is any nest of tensors whose first dimension is the batch; with
 ``normalized=True`` the step function returns log-probabilities instead of logits (an
 ensemble's mean of its members' log-probabilities, see :mod:`translator.ensemble`), which
 the searches then take as they are instead of applying ``log_softmax``. Beam search
-flattens beams into the batch (``batch * beam``), takes ``top_k`` over
-``beam * vocab`` candidates, reorders the state with ``tf.gather``, starts with beam
+flattens beams into the batch (``batch * beam``), takes the top k of the
+``beam * vocab`` candidates (by chunks, exactly what ``top_k`` takes: ``_top_k_last``),
+reorders the state with ``tf.gather``, starts with beam
 scores ``[0, -inf, ...]`` so the first step is not duplicated, ranks with the GNMT
 length penalty ``lp(|Y|) = ((5 + |Y|) / 6) ** alpha`` and keeps finished hypotheses
 frozen (they extend only with EOS at no cost). A sentence stops as soon as no live beam
@@ -207,6 +208,30 @@ def _next_rows(live: tf.Tensor, rows: tf.Tensor, batch: tf.Tensor, bucket: bool)
     return index, next_rows, changed
 
 
+def _top_k_last(x: tf.Tensor, k: int, chunk: int = 64) -> tf.Tensor:
+    """The indices ``tf.math.top_k(x, k)`` gives over the last axis of a 2-D ``x`` (ties:
+    lower index first), found in a fraction of its time for a long row such as a beam's
+    ``beam * vocab`` candidates: ``top_k`` scans every entry, a ``reduce_max`` over chunks
+    is vectorized.
+
+    The row is cut into chunks of ``chunk``; its top k lie in the k chunks with the
+    largest maxima (ties: lower chunk first), as each of those chunks holds an entry that
+    ranks at least as high as anything in a chunk ranked below them. ``top_k`` then runs
+    on those k chunks only, taken in their order along the row, so that ties still go to
+    the lower index."""
+    n = x.shape[-1]
+    if n is None or n <= 4 * k * chunk:
+        return tf.math.top_k(x, k=k).indices
+    pad = -n % chunk
+    if pad:  # padding after the last entry never ranks above a real one
+        x = tf.concat([x, tf.fill([tf.shape(x)[0], pad], tf.constant(-np.inf, x.dtype))], 1)
+    chunks = tf.reshape(x, [-1, (n + pad) // chunk, chunk])
+    picked = tf.sort(tf.math.top_k(tf.reduce_max(chunks, axis=2), k=k).indices, axis=1)
+    at = tf.math.top_k(tf.reshape(tf.gather(chunks, picked, batch_dims=1), [-1, k * chunk]),
+                       k=k).indices
+    return tf.gather(picked, at // chunk, batch_dims=1) * chunk + at % chunk
+
+
 def _tile(x: tf.Tensor, beam: int) -> tf.Tensor:
     """``(batch, ...)`` -> ``(batch * beam, ...)``, each entry repeated ``beam`` times."""
     return tf.repeat(x, beam, axis=0)
@@ -280,7 +305,9 @@ def beam_search(
 
         logits, new_state, attention = step_fn(tokens, {**state, **constant})
         state = {key: new_state[key] for key in state} if constant_keys else new_state
-        logp = tf.reshape(_step_log_probs(logits, normalized), [active, k, -1])
+        n_vocab = logits.shape[-1]  # static if the step function's output has it
+        logp = tf.reshape(_step_log_probs(logits, normalized),
+                          [active, k, -1 if n_vocab is None else n_vocab])
         vocab = tf.shape(logp)[2]
         eos_only = tf.where(tf.range(vocab) == eos_id, 0.0, NEG_INF)
         # finished beams and beams at their length limit may only emit EOS
@@ -293,7 +320,9 @@ def beam_search(
                                tf.not_equal(tf.range(vocab), eos_id)[tf.newaxis, tf.newaxis])
         inv_lp = tf.where(grows, 1.0 / length_penalty(lengths + 1, alpha)[:, :, tf.newaxis],
                           1.0 / length_penalty(lengths, alpha)[:, :, tf.newaxis])
-        _, top_idx = tf.math.top_k(tf.reshape(total * inv_lp, [active, -1]), k=k)
+        # the row's static width lets ``_top_k_last`` cut it into chunks
+        width = -1 if n_vocab is None else k * n_vocab
+        top_idx = _top_k_last(tf.reshape(total * inv_lp, [active, width]), k)
         parent = top_idx // vocab
         token = top_idx % vocab
         log_probs = tf.gather(tf.reshape(total, [active, -1]), top_idx, batch_dims=1)
