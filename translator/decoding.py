@@ -218,7 +218,9 @@ def _top_k_last(x: tf.Tensor, k: int, chunk: int = 64) -> tf.Tensor:
     largest maxima (ties: lower chunk first), as each of those chunks holds an entry that
     ranks at least as high as anything in a chunk ranked below them. ``top_k`` then runs
     on those k chunks only, taken in their order along the row, so that ties still go to
-    the lower index."""
+    the lower index. A row holding NaN may get other indices than ``top_k`` gives it
+    (NaN compares as neither larger nor smaller); the search's scores are never NaN unless
+    the model's output is."""
     n = x.shape[-1]
     if n is None or n <= 4 * k * chunk:
         return tf.math.top_k(x, k=k).indices
