@@ -5,6 +5,7 @@ each variant's indices and values with the current scoring's."""
 import json
 import os
 import resource
+import sys
 
 os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
 import numpy as np
@@ -85,6 +86,26 @@ def flatchunked(*a):
     return top_idx, tf.gather(tf.reshape(total, [active, -1]), top_idx, batch_dims=1)
 
 xla_ranked = tf.function(ranked_fn, jit_compile=True)
+
+@tf.function(jit_compile=True)
+def xla_rest(logp, log_probs, finished, force, inv_grow, inv_stay):
+    vocab = tf.shape(logp)[2]
+    eos_only = tf.where(tf.range(vocab) == EOS, 0.0, NEG_INF)
+    logp = tf.where(force[:, :, tf.newaxis], eos_only[tf.newaxis, tf.newaxis], logp)
+    total = log_probs[:, :, tf.newaxis] + logp
+    grows = tf.logical_and(tf.logical_not(finished)[:, :, tf.newaxis],
+                           tf.not_equal(tf.range(vocab), EOS)[tf.newaxis, tf.newaxis])
+    return total, total * tf.where(grows, inv_grow[:, :, tf.newaxis], inv_stay[:, :, tf.newaxis])
+
+@tf.function
+def tf_lsm_xla_rest(logits, log_probs, finished, lengths, beam_max, t):
+    active = tf.shape(log_probs)[0]
+    logp = tf.reshape(tf.nn.log_softmax(tf.cast(logits, tf.float32)), [active, K, 8000])
+    force = tf.logical_or(finished, t >= beam_max)
+    total, ranked = xla_rest(logp, log_probs, finished, force, 1.0 / length_penalty(lengths + 1, 0.6), 1.0 / length_penalty(lengths, 0.6))
+    _, top_idx = top_k_last(tf.reshape(ranked, [active, K * 8000]), K)
+    return top_idx, tf.gather(tf.reshape(total, [active, -1]), top_idx, batch_dims=1)
+
 @tf.function
 def xla_then_chunked(*a):
     total, ranked = xla_ranked(*a)
@@ -99,6 +120,15 @@ def xla_all(*a):
     _, top_idx = tf.math.top_k(tf.reshape(ranked, [active, -1]), k=K)
     return top_idx, tf.gather(tf.reshape(total, [active, -1]), top_idx, batch_dims=1)
 
+# the two runs of score-variants.txt: `score_variants.py 1`, then `score_variants.py 2`
+RUN = sys.argv[1] if len(sys.argv) > 1 else "1"
+VARIANTS = {
+    "1": [("chunked", chunked), ("flatchunked", flatchunked),
+          ("xla_then_chunked", xla_then_chunked), ("xla_all", xla_all)],
+    "2": [("flatchunked", flatchunked), ("tf_lsm_xla_rest", tf_lsm_xla_rest),
+          ("xla_then_chunked", xla_then_chunked)],
+}
+
 for sents in (32, 1):
     rows = sents * K
     logits = tf.cast(tf.random.normal([rows, V]) * 3, tf.bfloat16)
@@ -106,6 +136,6 @@ for sents in (32, 1):
             tf.fill([sents, K], 4), tf.fill([sents, K], 30), tf.constant(5))
     print(f"# rows {rows}")
     ref = bench(f"current[{rows}]", current, *args)
-    for name, fn in [("chunked", chunked), ("flatchunked", flatchunked), ("xla_then_chunked", xla_then_chunked), ("xla_all", xla_all)]:
+    for name, fn in VARIANTS[RUN]:
         out = bench(f"{name}[{rows}]", fn, *args)
         print("  same:", bool(np.array_equal(out[0].numpy(), ref[0].numpy())), bool(np.array_equal(out[1].numpy(), ref[1].numpy())), np.abs(out[1].numpy()-ref[1].numpy()).max())
