@@ -1,24 +1,28 @@
 """Server CPU per request of the serving stack alone: the real app (FastAPI, the body-limit
 middleware, pydantic, the micro-batcher) with a stand-in translator whose batch takes 20 ms
 of sleep (a decode that releases the GIL, as TensorFlow's does) and no CPU. 32 client
-threads send 6,000 single-sentence `POST /translate` requests per MODE.
+threads send 6,000 single-sentence `POST /translate` requests per MODE (the clients of
+`scripts/bench_serve.py`, which also check each answer).
 
     PYTHONPATH=. python results/serve-bf16/http_cost.py MODE [MODE ...]
 
 MODE: asyncio-h11 (what `translator serve` runs with the project's dependencies),
 asyncio-httptools (uvicorn picks httptools when it is installed), uvloop-httptools.
-Session 22 ran it beside a training run (http-cost.txt) in a denser form, the same logic;
-this copy is reformatted for the repository (and checked to run).
+Session 22 ran it beside a training run (http-cost.txt) in a scratch form with its own
+client loop and p50 as the middle latency; this copy uses bench_serve's clients and
+nearest-rank percentile instead, and prints the error count too.
 """
 
-import http.client
 import json
-import os
 import subprocess
 import sys
-import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
+
+# the load generator and the /proc readings of the serving benchmark
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from bench_serve import cpu_seconds, percentile, run_clients  # noqa: E402
 
 
 def server(mode: str) -> None:
@@ -62,49 +66,20 @@ def server(mode: str) -> None:
         asyncio.run(main())
 
 
-def cpu(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def client(mode: str, total: int = 6000, clients: int = 32) -> None:
     proc = subprocess.Popen([sys.executable, __file__, "serve", mode], stdout=subprocess.PIPE,
                             text=True)
     port = int(proc.stdout.readline())
-    lock = threading.Lock()
-    sent = [0]
-    latencies = []
-
-    def run():
-        conn = http.client.HTTPConnection("127.0.0.1", port)
-        while True:
-            with lock:
-                if sent[0] >= total:
-                    break
-                sent[0] += 1
-            body = json.dumps({"q": "hola, ¿cómo estás?", "source": "es", "target": "en"})
-            started = time.perf_counter()
-            conn.request("POST", "/translate", body, {"Content-Type": "application/json"})
-            response = conn.getresponse()
-            data = response.read()
-            assert response.status == 200, data
-            with lock:
-                latencies.append(time.perf_counter() - started)
-
-    cpu0, wall = cpu(proc.pid), time.perf_counter()
-    threads = [threading.Thread(target=run) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall, cpu1 = time.perf_counter() - wall, cpu(proc.pid)
+    cpu0 = cpu_seconds(proc.pid)
+    latencies, errors, wall, _ = run_clients("127.0.0.1", port, ["hola, ¿cómo estás?"], "es", "en",
+                                             total, clients, 600.0, lambda done: None)
+    cpu1 = cpu_seconds(proc.pid)
     proc.terminate()
     proc.wait()
-    latencies.sort()
-    print(json.dumps({"mode": mode, "requests": total, "wall_s": round(wall, 2),
-                      "req_per_s": round(total / wall, 1),
+    print(json.dumps({"mode": mode, "requests": total, "errors": len(errors),
+                      "wall_s": round(wall, 2), "req_per_s": round(len(latencies) / wall, 1),
                       "server_cpu_ms_per_request": round(1000 * (cpu1 - cpu0) / total, 3),
-                      "p50_ms": round(1000 * latencies[len(latencies) // 2], 1)}), flush=True)
+                      "p50_ms": round(1000 * percentile(sorted(latencies), 50), 1)}), flush=True)
 
 
 if __name__ == "__main__":
